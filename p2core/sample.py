@@ -1,0 +1,103 @@
+"""Drawing samples from a trained checkpoint into ``.npz`` (uint8 NHWC, key ``arr_0`` as ADM) and a PNG grid."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from p2core.progress import progress_bar
+
+from p2core.checkpoint import load_checkpoint, load_weights
+from p2core.diffusion import parse_sampler
+from p2core.seeding import generator
+from p2core.train import build, pick_device
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1], (B, C, H, W) -> uint8 (B, H, W, C)."""
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def load_ema_model(checkpoint: str | Path, device: torch.device):
+    """EMA model (eval mode, on ``device``) and diffusion of a checkpoint; also returns its stored ``spec``."""
+    state = load_checkpoint(checkpoint)
+    model, diffusion = build(state["spec"])
+    load_weights(model, state["state_dict"] if state["kind"] == "ema" else state["ema"], checkpoint)
+    return model.to(device).eval(), diffusion, state
+
+
+@torch.inference_mode()
+def generate(
+    checkpoint: str | Path,
+    sampler: str,
+    num_samples: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
+    clip_denoised: bool = True,
+    progress: bool = True,
+) -> np.ndarray:
+    """Draw ``num_samples`` images from a checkpoint's EMA weights; uint8 (N, H, W, C).
+
+    ``sampler`` as :func:`p2core.diffusion.parse_sampler` reads it (``ddpm250``, ``ddim25``, ...). Batch ``i`` uses
+    noise seeded by ``(seed, i)``: the same seed and batch size give the same images.
+    """
+    device = pick_device(device)
+    model, diffusion, state = load_ema_model(checkpoint, device)
+    kind, spec = parse_sampler(sampler)
+    process = diffusion.respaced(spec) if spec else diffusion
+    geometry = state["spec"]["model"]
+    channels, size = geometry["in_channels"], geometry["image_size"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    batches = []
+    for index in progress_bar(range(math.ceil(num_samples / batch_size)), desc=f"sample {sampler}", disable=not progress):
+        count = min(batch_size, num_samples - index * batch_size)
+        gen = generator(seed, "sample", index, device=device)
+        with autocast:
+            x = process.sample(model, (count, channels, size, size), kind, clip_denoised=clip_denoised,
+                               generator=gen, device=device)
+        batches.append(to_uint8(x))
+    return np.concatenate(batches)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile uint8 (N, H, W, C) images into one uint8 (rows*(H+pad)+pad, cols*(W+pad)+pad, C) grid, white padding."""
+    count, height, width, channels = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        top, left = pad + (i // columns) * (height + pad), pad + (i % columns) * (width + pad)
+        grid[top : top + height, left : left + width] = image
+    return grid
+
+
+def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
+    """Write a uint8 (H, W, C) image as PNG, nearest-neighbour upscaled by ``scale``, atomically."""
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    pil.save(tmp)
+    os.replace(tmp, path)
+
+
+def save_samples(path: str | Path, images: np.ndarray) -> None:
+    """Write uint8 NHWC samples to ``path`` (.npz, key ``arr_0``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    np.savez(tmp, arr_0=images)
+    os.replace(tmp, path)
+
+
+def load_samples(path: str | Path) -> np.ndarray:
+    """uint8 (N, H, W, C) samples from an ADM-style ``.npz``."""
+    with np.load(path) as archive:
+        return archive["arr_0"]

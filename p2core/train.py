@@ -1,0 +1,312 @@
+"""The training loop: AdamW, EMA, atomic checkpoints, exact resume, progress bar and CSV log.
+
+Output folder of a run::
+
+    checkpoint.pt        latest full state (model, EMA, optimizer, step); resumed automatically
+    train.csv            one row per log interval: step, loss terms, loss by quarter of t, img/s
+    ema_step{N}.pt       EMA weights kept at the spec's ``snapshot_steps`` (FID during training)
+    ema.pt               final EMA weights, written last: its presence means the run is complete
+
+Every random draw of step ``s`` (batch, flips, timesteps, noise, dropout) is seeded by ``(seed, s)``
+(:mod:`p2core.seeding`), so a run killed at any moment and restarted ends with bit-identical weights on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from p2core.progress import progress_bar
+
+from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from p2core.data import TrainingBatches, load_prepared
+from p2core.diffusion import GaussianDiffusion, create_diffusion
+from p2core.errors import CheckpointError, P2Error, TrainingDiverged
+from p2core.seeding import derived_seed, generator
+from p2core.unet import create_model
+
+LOG_COLUMNS = ("step", "loss", "mse", "vb", "mse_unweighted", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "img_per_s")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainSpec:
+    """Everything that defines a training run (and so its checkpoints).
+
+    ``model``: :func:`p2core.unet.create_model` arguments (``image_size``/``in_channels`` default to the data's);
+    ``diffusion``: :func:`p2core.diffusion.create_diffusion` arguments (schedule, weighting, ...);
+    ``steps``: optimizer updates; ``batch_size``: images per update; ``lr``: AdamW learning rate (constant);
+    ``ema_rate``: EMA decay per update; ``save_every``/``log_every``: in updates;
+    ``snapshot_steps``: updates after which the EMA weights are kept as ``ema_step{N}.pt``;
+    ``precision``: ``fp32`` or ``bf16`` (autocast); ``channels_last``: NHWC memory layout.
+    """
+
+    model: dict
+    diffusion: dict
+    steps: int
+    batch_size: int
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_rate: float = 0.9999
+    seed: int = 0
+    save_every: int = 1000
+    log_every: int = 100
+    snapshot_steps: list[int] = field(default_factory=list)
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self):
+        try:  # YAML 1.1 reads "2e-5" as a string; accept any number-like value
+            for name in ("lr", "weight_decay", "ema_rate"):
+                setattr(self, name, float(getattr(self, name)))
+            for name in ("steps", "batch_size", "seed", "save_every", "log_every"):
+                setattr(self, name, int(getattr(self, name)))
+        except (TypeError, ValueError) as exc:
+            raise P2Error(f"bad training spec: {exc}") from None
+        problems = []
+        if self.steps < 1 or self.batch_size < 1:
+            problems.append("steps and batch_size must be >= 1")
+        if self.save_every < 1 or self.log_every < 1:
+            problems.append("save_every and log_every must be >= 1")
+        if not 0 <= self.ema_rate < 1:
+            problems.append(f"ema_rate must be in [0, 1), got {self.ema_rate}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if any(not 0 < s <= self.steps for s in self.snapshot_steps):
+            problems.append(f"snapshot_steps must lie in 1..steps={self.steps}")
+        if problems:
+            raise P2Error("bad training spec: " + "; ".join(problems))
+        self.snapshot_steps = sorted(int(s) for s in self.snapshot_steps)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise P2Error(f"unknown training spec keys {unknown}; known: {sorted(known)}")
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(values))
+        if missing:
+            raise P2Error(f"training spec lacks required keys {missing}")
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def model_kwargs(self, resolution: int, channels: int) -> dict:
+        """Model arguments with the data's geometry filled in; a conflicting explicit value is an error."""
+        kwargs = dict(self.model)
+        for key, actual in (("image_size", resolution), ("in_channels", channels)):
+            if kwargs.setdefault(key, actual) != actual:
+                raise P2Error(f"model {key}={kwargs[key]} but the dataset has {actual}")
+        kwargs.setdefault("learn_sigma", self.diffusion.get("learn_sigma", True))
+        return kwargs
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build(spec_dict: dict) -> tuple[torch.nn.Module, GaussianDiffusion]:
+    """Model and diffusion of a stored spec (``spec`` of a checkpoint, with geometry filled in)."""
+    return create_model(**spec_dict["model"]), create_diffusion(**spec_dict["diffusion"])
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGUSR1 (a scheduler's preemption warning): the loop checkpoints and exits at a step end."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def __enter__(self):
+        self._previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed from the main thread
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Preempted(P2Error):
+    """Training stopped on a signal after saving a checkpoint; rerunning resumes it."""
+
+
+def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device: str = "auto", progress: bool = True) -> Path:
+    """Train (or resume) a run into ``out_dir``; returns the path of the final ``ema.pt``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(device)
+    data = load_prepared(data_folder)
+    resolved = {**spec.as_dict(), "model": spec.model_kwargs(data.meta["resolution"], data.meta["channels"])}
+
+    torch.manual_seed(derived_seed(spec.seed, "init"))
+    model, diffusion = build(resolved)
+    model.to(device)
+    if spec.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    start = _resume(out_dir / "checkpoint.pt", resolved, model, ema, optimizer)
+    _truncate_log(out_dir / "train.csv", start)
+
+    batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
+    stats = _IntervalStats(diffusion.num_timesteps, device)
+    bar = progress_bar(total=spec.steps, initial=start, desc=f"train {out_dir.name}", disable=not progress, unit="step")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+    with _StopFlag() as stop:
+        for step in range(start, spec.steps):
+            gen = generator(spec.seed, "step", step)
+            x = batches.batch(step, gen)
+            t = torch.randint(diffusion.num_timesteps, (spec.batch_size,), generator=gen)
+            noise = torch.randn(x.shape, generator=gen)
+            torch.manual_seed(derived_seed(spec.seed, "step", step))  # dropout
+            x, t, noise = (v.to(device, non_blocking=True) for v in (x, t, noise))
+            if spec.channels_last:
+                x, noise = x.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                losses = diffusion.training_losses(model, x, t, noise)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].mean().backward()
+            optimizer.step()
+            _update_ema(ema, model, spec.ema_rate)
+            stats.add(losses, t)
+
+            done = step + 1
+            bar.update(1)
+            saving = done % spec.save_every == 0 or done == spec.steps or stop.signal_name
+            if done % spec.log_every == 0 or saving:
+                row = stats.flush(done)
+                _check_finite(row, out_dir, done)
+                _append_log(out_dir / "train.csv", row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
+            if done in spec.snapshot_steps:
+                save_checkpoint(out_dir / f"ema_step{done}.pt", "ema", state_dict=ema.state_dict(), step=done, spec=resolved)
+            if saving:
+                save_checkpoint(
+                    out_dir / "checkpoint.pt", "train", model=model.state_dict(), ema=ema.state_dict(),
+                    optimizer=optimizer.state_dict(), step=done, spec=resolved,
+                )
+            if stop.signal_name and done < spec.steps:
+                bar.close()
+                raise Preempted(f"stopped by {stop.signal_name} after step {done}; checkpoint saved, rerun to resume")
+    bar.close()
+    final = out_dir / "ema.pt"
+    save_checkpoint(final, "ema", state_dict=ema.state_dict(), step=spec.steps, spec=resolved)
+    return final
+
+
+def _resume(path: Path, resolved: dict, model, ema, optimizer) -> int:
+    """Restore state from ``path`` if it exists; returns the step to continue from (0 for a new run)."""
+    if not path.exists():
+        return 0
+    state = load_checkpoint(path, "train")
+    stored = state["spec"]
+    # only the length of the run may change between a checkpoint and its continuation
+    differing = sorted(k for k in resolved if k not in ("steps", "snapshot_steps", "save_every", "log_every") and stored.get(k) != resolved[k])
+    if differing:
+        raise CheckpointError(
+            f"{path} belongs to a run with different settings ({', '.join(differing)}); use another output folder"
+        )
+    if state["step"] > resolved["steps"]:
+        raise CheckpointError(f"{path} is at step {state['step']}, beyond the requested {resolved['steps']} steps")
+    load_weights(model, state["model"], path)
+    load_weights(ema, state["ema"], path)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> None:
+    """``ema <- rate * ema + (1 - rate) * params`` for every parameter."""
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - rate)
+
+
+class _IntervalStats:
+    """Loss sums over a log interval kept on the device (no per-step host sync), overall and per quarter of t."""
+
+    def __init__(self, num_timesteps: int, device: torch.device):
+        self.num_timesteps = num_timesteps
+        self.device = device
+        self._reset()
+
+    def _reset(self):
+        self.sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, mse, vb, mse_unweighted
+        self.quarter_sums = torch.zeros(4, device=self.device, dtype=torch.float64)
+        self.quarter_counts = torch.zeros(4, device=self.device, dtype=torch.float64)
+        self.samples = 0
+        self.started = time.perf_counter()
+
+    def add(self, losses: dict, t: torch.Tensor) -> None:
+        per_sample = torch.stack([losses[k].detach().double() for k in ("loss", "mse", "vb", "mse_unweighted")])
+        self.sums += per_sample.sum(dim=1)
+        quarter = t * 4 // self.num_timesteps
+        self.quarter_sums.index_add_(0, quarter, per_sample[0])
+        self.quarter_counts.index_add_(0, quarter, torch.ones_like(per_sample[0]))
+        self.samples += len(t)
+
+    def flush(self, step: int) -> dict:
+        means = (self.sums / max(self.samples, 1)).tolist()
+        quarters = (self.quarter_sums / self.quarter_counts.clamp(min=1)).tolist()
+        elapsed = time.perf_counter() - self.started
+        row = dict(zip(LOG_COLUMNS[1:5], means), step=step)
+        row.update({f"loss_q{i}": q for i, q in enumerate(quarters)}, img_per_s=self.samples / max(elapsed, 1e-9))
+        self._reset()
+        return row
+
+
+def _check_finite(row: dict, out_dir: Path, step: int) -> None:
+    if not all(map(_finite, (row["loss"], row["mse"], row["vb"]))):
+        kept = out_dir / "checkpoint.pt"
+        where = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"training loss became {row['loss']} by step {step}; {where}; lower the learning rate or check the data"
+        )
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in LOG_COLUMNS})
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (atomic rewrite)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,153 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from p2core.diffusion import GaussianDiffusion, create_diffusion, normal_kl, parse_sampler
+from p2core.schedule import make_betas
+from p2core.weighting import loss_weights
+
+T = 100
+
+
+class FixedOutput(torch.nn.Module):
+    """A 'model' that returns a given tensor (a parameter, so gradients can be inspected)."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.output = torch.nn.Parameter(output.clone())
+        self.seen_t = []
+
+    def forward(self, x, t):
+        self.seen_t.append(t.clone())
+        return self.output
+
+
+def oracle_eps_model(diffusion: GaussianDiffusion, x0: torch.Tensor, learn_sigma: bool):
+    """The exact eps predictor for a data distribution that is the single image ``x0``, in original indices."""
+    sqrt_abar = torch.as_tensor(np.sqrt(np.cumprod(1 - make_betas("linear", T))), dtype=torch.float32)
+
+    def model(x, t):
+        a = sqrt_abar[t].view(-1, 1, 1, 1)
+        eps = (x - a * x0) / torch.sqrt(1 - a**2)
+        return torch.cat([eps, torch.zeros_like(eps)], 1) if learn_sigma else eps
+
+    return model
+
+
+def test_q_sample_formula():
+    diffusion = create_diffusion(num_timesteps=T)
+    x0, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([0, 50, 99])
+    abar = np.cumprod(1 - make_betas("linear", T))[[0, 50, 99]]
+    expected = torch.tensor(np.sqrt(abar), dtype=torch.float32).view(-1, 1, 1, 1) * x0 + torch.tensor(
+        np.sqrt(1 - abar), dtype=torch.float32
+    ).view(-1, 1, 1, 1) * noise
+    torch.testing.assert_close(diffusion.q_sample(x0, t, noise), expected)
+
+
+def test_kl_is_zero_when_model_matches_posterior():
+    torch.manual_seed(0)
+    diffusion = create_diffusion(num_timesteps=T)
+    x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    t = torch.tensor([1, 10, 50, 99])
+    x_t = diffusion.q_sample(x0, t, noise)
+    # eps = true noise gives pred_x0 = x0; v = -1 selects the (clipped) posterior log-variance
+    output = torch.cat([noise, -torch.ones_like(noise)], dim=1)
+    vb = diffusion.vb_terms_bpd(output, x0, x_t, t)
+    torch.testing.assert_close(vb, torch.zeros(4), atol=1e-4, rtol=0)
+    # and clearly not zero for the other end of the variance range where beta_t and the posterior differ (small t)
+    assert (diffusion.vb_terms_bpd(torch.cat([noise, torch.ones_like(noise)], 1), x0, x_t, t)[:2] > 1e-3).all()
+
+
+def test_normal_kl_closed_form():
+    kl = normal_kl(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0), torch.tensor(math.log(4.0)))
+    assert kl.item() == pytest.approx(math.log(2.0) + (1 + 1) / 8 - 0.5, rel=1e-6)
+
+
+def test_vb_gradient_reaches_only_the_variance_channels():
+    torch.manual_seed(0)
+    diffusion = create_diffusion(num_timesteps=T, weighting="p2", weighting_params={"gamma": 1.0})
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    model = FixedOutput(torch.randn(4, 6, 8, 8) * 0.5)
+    losses = diffusion.training_losses(model, x0, torch.tensor([0, 3, 40, 99]))
+    losses["vb"].sum().backward()
+    grad = model.output.grad
+    assert torch.count_nonzero(grad[:, :3]) == 0  # exactly zero: stop-gradient on eps
+    assert grad[:, 3:].abs().sum() > 0
+
+
+def test_p2_weight_multiplies_the_mse_term_only():
+    torch.manual_seed(0)
+    x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 5, 50, 99])
+    output = torch.randn(4, 6, 8, 8)
+    baseline = create_diffusion(num_timesteps=T).training_losses(FixedOutput(output), x0, t, noise)
+    p2 = create_diffusion(num_timesteps=T, weighting="p2", weighting_params={"gamma": 0.5, "k": 1.0})
+    weighted = p2.training_losses(FixedOutput(output), x0, t, noise)
+    w = torch.tensor(loss_weights("p2", p2.terms.alphas_cumprod, gamma=0.5, k=1.0)[t.numpy()], dtype=torch.float32)
+    torch.testing.assert_close(weighted["mse"], w * baseline["mse"])
+    torch.testing.assert_close(weighted["vb"], baseline["vb"])
+    torch.testing.assert_close(weighted["loss"], weighted["mse"] + weighted["vb"])
+    expected_mse = ((noise - output[:, :3]) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(baseline["mse"], expected_mse)
+
+
+def test_vb_is_rescaled_by_T_over_1000():
+    torch.manual_seed(0)
+    x0, noise, output = torch.rand(2, 1, 4, 4) * 2 - 1, torch.randn(2, 1, 4, 4), torch.randn(2, 2, 4, 4)
+    t = torch.tensor([3, 7])
+    diffusion = create_diffusion(num_timesteps=T)
+    losses = diffusion.training_losses(FixedOutput(output), x0, t, noise)
+    raw = diffusion.vb_terms_bpd(output, x0, diffusion.q_sample(x0, t, noise), t)
+    torch.testing.assert_close(losses["vb"], raw * T / 1000)
+
+
+def test_fixed_variance_model_has_no_vb_term():
+    diffusion = create_diffusion(num_timesteps=T, learn_sigma=False)
+    losses = diffusion.training_losses(FixedOutput(torch.randn(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4), torch.tensor([1, 2]))
+    assert torch.count_nonzero(losses["vb"]) == 0
+    with pytest.raises(ValueError, match="output channels"):
+        create_diffusion(num_timesteps=T).training_losses(
+            FixedOutput(torch.randn(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4), torch.tensor([1, 2])
+        )
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm10", "ddim10", "ddpm5,3", "ddim5,3"])
+def test_oracle_denoiser_recovers_the_single_training_image(sampler):
+    """With the exact eps of a one-image data distribution, every sampler must land on that image."""
+    x0 = torch.rand(1, 1, 4, 4) * 1.6 - 0.8
+    diffusion = create_diffusion(num_timesteps=T)
+    kind, spec = parse_sampler(sampler)
+    process = diffusion.respaced(spec) if spec else diffusion
+    gen = torch.Generator().manual_seed(0)
+    sample = process.sample(oracle_eps_model(diffusion, x0, True), (3, 1, 4, 4), kind, generator=gen)
+    torch.testing.assert_close(sample, x0.expand(3, -1, -1, -1), atol=0.02, rtol=0)
+
+
+def test_respaced_process_calls_model_with_original_indices():
+    diffusion = create_diffusion(num_timesteps=T).respaced("ddim5")
+    model = FixedOutput(torch.zeros(1, 2, 2, 2))
+    diffusion.sample(model, (1, 1, 2, 2), "ddim")
+    assert [int(t[0]) for t in model.seen_t] == [80, 60, 40, 20, 0]
+
+
+def test_sampler_is_deterministic_under_a_seed():
+    diffusion = create_diffusion(num_timesteps=T).respaced("20")
+    model = torch.nn.Conv2d(1, 2, 3, padding=1)
+    draws = [
+        diffusion.sample(lambda x, t: model(x), (2, 1, 4, 4), "ddpm", generator=torch.Generator().manual_seed(seed))
+        for seed in (7, 7, 8)
+    ]
+    torch.testing.assert_close(draws[0], draws[1], atol=0, rtol=0)
+    assert not torch.equal(draws[0], draws[2])
+
+
+def test_parse_sampler_names():
+    assert parse_sampler("ddpm250") == ("ddpm", "250")
+    assert parse_sampler("ddim25") == ("ddim", "ddim25")
+    assert parse_sampler("ddim10,10") == ("ddim", "10,10")
+    assert parse_sampler("ddpm") == ("ddpm", "")
+    with pytest.raises(ValueError, match="bad sampler"):
+        parse_sampler("euler50")
