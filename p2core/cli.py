@@ -65,6 +65,43 @@ def cmd_sample(args) -> None:
     print(f"wrote {len(images)} samples to {args.out}")
 
 
+def cmd_train_features(args) -> None:
+    from p2core.data import load_prepared
+    from p2core.features import train_domain_classifier
+
+    data = load_prepared(args.data)
+    result = train_domain_classifier(data.images, data.labels, args.out, epochs=args.epochs, seed=args.seed,
+                                     progress=not args.no_progress)
+    print(json.dumps(result))
+    if result["heldout_accuracy"] < args.min_accuracy:
+        raise P2Error(f"domain classifier reached only {result['heldout_accuracy']:.3f} held-out accuracy "
+                      f"(< {args.min_accuracy}); its features would make a poor metric")
+
+
+def cmd_evaluate(args) -> None:
+    from p2core.data import load_prepared
+    from p2core.metrics import fid_kid, write_json
+    from p2core.sample import load_samples
+
+    data = load_prepared(args.data)
+    generated = load_samples(args.samples)
+    result = fid_kid(
+        generated, data.images, args.extractor, reference_name=f"{data.meta.get('name', 'data')}-{data.meta['sha256'][:12]}",
+        domain_weights=args.domain_weights, weights_dir=args.weights_dir, kid_subset_size=args.kid_subset_size,
+        cache_dir=args.cache_dir, device=args.device,
+    )
+    result.update(samples=str(args.samples), dataset=data.meta.get("name"), dataset_sha256=data.meta["sha256"])
+    write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor")}))
+
+
+def cmd_prefetch(args) -> None:
+    from p2core.metrics import prefetch
+
+    for path in prefetch(args.weights_dir):
+        print(f"ready: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--grid-scale", type=int, default=1, help="nearest-neighbour upscaling of the grid")
     sample.add_argument("--no-progress", action="store_true")
     sample.set_defaults(run=cmd_sample)
+
+    features = commands.add_parser("train-features", help="train the domain feature network on a labelled dataset")
+    features.add_argument("--data", required=True, help="prepared, labelled dataset folder")
+    features.add_argument("--out", required=True, help="output checkpoint (.pt)")
+    features.add_argument("--epochs", type=int, default=10)
+    features.add_argument("--seed", type=int, default=0)
+    features.add_argument("--min-accuracy", type=float, default=0.97, help="fail below this held-out accuracy")
+    features.add_argument("--no-progress", action="store_true")
+    features.set_defaults(run=cmd_train_features)
+
+    evaluate = commands.add_parser("evaluate", help="FID and KID of samples against a prepared dataset")
+    evaluate.add_argument("--samples", required=True, help=".npz of uint8 NHWC samples (key arr_0)")
+    evaluate.add_argument("--data", required=True, help="prepared reference dataset folder")
+    evaluate.add_argument("--extractor", default="inception-v3-compat", choices=("inception-v3-compat", "domain"))
+    evaluate.add_argument("--domain-weights", help="domain feature network checkpoint (extractor 'domain')")
+    evaluate.add_argument("--weights-dir", default="resources/weights", help="where prefetched weights live")
+    evaluate.add_argument("--kid-subset-size", type=int, default=1000)
+    evaluate.add_argument("--cache-dir", help="cache reference features here")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--out", required=True, help="metrics JSON")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    fetch = commands.add_parser("prefetch", help="download Inception and AlexNet weights (run with internet)")
+    fetch.add_argument("--weights-dir", default="resources/weights")
+    fetch.set_defaults(run=cmd_prefetch)
     return parser
 
 
