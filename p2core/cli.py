@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,14 +48,20 @@ def cmd_prepare(args) -> None:
 def cmd_train(args) -> None:
     from p2core.train import TrainSpec, train
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     spec = TrainSpec.from_dict(_load_spec(args.spec))
     final = train(spec, args.data, args.out, device=args.device, progress=not args.no_progress)
     print(f"wrote {final}")
 
 
 def cmd_sample(args) -> None:
+    import torch
+
     from p2core.sample import generate, image_grid, save_png, save_samples
 
+    torch.set_num_threads(args.threads)
     images = generate(
         args.checkpoint, args.sampler, args.num, args.batch_size, args.seed, args.device, args.precision,
         progress=not args.no_progress,
@@ -90,9 +97,146 @@ def cmd_evaluate(args) -> None:
         domain_weights=args.domain_weights, weights_dir=args.weights_dir, kid_subset_size=args.kid_subset_size,
         cache_dir=args.cache_dir, device=args.device,
     )
-    result.update(samples=str(args.samples), dataset=data.meta.get("name"), dataset_sha256=data.meta["sha256"])
+    result.update(samples=str(args.samples), dataset_sha256=data.meta["sha256"], tags=_parse_tags(args.tag))
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor")}))
+
+
+def _parse_tags(pairs: list[str]) -> dict:
+    """``["seed=0", "objective=p2"]`` -> ``{"seed": 0, "objective": "p2"}`` (integers parsed)."""
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise P2Error(f"tag {pair!r} is not KEY=VALUE")
+        tags[key] = int(value) if value.lstrip("-").isdigit() else value
+    return tags
+
+
+def cmd_distance_vs_snr(args) -> None:
+    import torch
+
+    from p2core.analysis import distance_vs_snr, evenly_spaced_timesteps
+    from p2core.data import load_prepared
+    from p2core.diffusion import create_diffusion
+
+    data = load_prepared(args.data)
+    diffusion = create_diffusion(args.schedule, args.num_timesteps)
+    if args.distance == "lpips":
+        from p2core.metrics import lpips_model
+
+        model = lpips_model(args.weights_dir)
+        label = "LPIPS (AlexNet)"
+
+        def distance(a, b):
+            if a.shape[1] == 1:
+                a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
+            return model(a, b).flatten()
+    else:
+        from p2core.features import domain_distance, load_domain_classifier
+
+        classifier, _ = load_domain_classifier(args.domain_weights)
+        label = "domain-feature distance (not LPIPS)"
+
+        def distance(a, b):
+            return domain_distance(classifier, a, b)
+
+    torch.set_num_threads(args.threads)
+    table = distance_vs_snr(data.images, diffusion, distance, evenly_spaced_timesteps(args.num_timesteps, args.points),
+                            num_pairs=args.pairs, seed=args.seed)
+    table.insert(0, "distance", label)
+    table.insert(0, "dataset", data.meta.get("name"))
+    _write_csv(table, args.out)
+
+
+def cmd_reconstruct(args) -> None:
+    import numpy as np
+
+    from p2core.analysis import evenly_spaced_timesteps, reconstructions
+    from p2core.data import load_prepared
+    from p2core.sample import load_ema_model
+    from p2core.train import pick_device
+
+    device = pick_device(args.device)
+    model, diffusion, _ = load_ema_model(args.checkpoint, device)
+    data = load_prepared(args.data)
+    chosen = np.random.default_rng(args.seed).choice(len(data.images), args.num_images, replace=False)
+    timesteps = evenly_spaced_timesteps(diffusion.num_timesteps, args.points)
+    noisy, predicted = reconstructions(model, diffusion, data.images[np.sort(chosen)], timesteps, args.seed, device)
+    _atomic_npz(args.out, noisy=noisy, predicted=predicted, timesteps=np.array(timesteps),
+                snr=diffusion.terms.snr[timesteps])
+
+
+def _atomic_npz(path, **arrays) -> None:
+
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_csv(table, path) -> None:
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def cmd_figure(args) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from p2core import plots, tables
+
+    if args.which == "fig1":
+        table = pd.read_csv(args.inputs[0])
+        plots.figure1(table, table["distance"].iloc[0], table["dataset"].iloc[0], args.out)
+    elif args.which == "fig2":
+        with np.load(args.inputs[0]) as arrays:
+            plots.figure2(arrays["noisy"], arrays["predicted"], arrays["timesteps"].tolist(), arrays["snr"].tolist(),
+                          args.title or "Fig. 2: reconstructions x0_hat from x_t", args.out)
+    elif args.which == "fig3":
+        weightings = {label: (name, params) for label, (name, params) in _load_spec(args.weightings).items()}
+        plots.figure3(args.num_timesteps, weightings, args.out)
+    elif args.which == "fig4":
+        table = tables.fid_during_training(tables.collect(args.inputs))
+        plots.figure4(table, table["extractor"].iloc[0], args.out)
+    elif args.which == "fig7":
+        table = tables.collect(args.inputs)
+        table4 = tables.table4(table)
+        rows = table.merge(table4[["sampler", "kind", "steps"]].drop_duplicates(), on="sampler")
+        plots.figure7(rows, table["extractor"].iloc[0], args.out)
+    elif args.which == "samples":
+        from p2core.sample import image_grid, load_samples
+
+        grids = {}
+        for item in args.inputs:
+            label, sep, path = item.partition("=")
+            if not sep:
+                raise P2Error(f"samples input {item!r} must be LABEL=PATH.npz")
+            grids[label] = image_grid(load_samples(path)[: args.grid_count])
+        plots.sample_comparison(grids, args.title or "samples", args.out)
+
+
+def cmd_table(args) -> None:
+    import pandas as pd
+
+    from p2core import tables
+
+    if args.which == "table2":
+        ours = pd.read_csv(args.inputs[0])
+        literature = pd.read_csv(args.literature) if args.literature else None
+        table = tables.table2(ours, literature)
+    else:
+        table = getattr(tables, args.which)(tables.collect(args.inputs))
+    _write_csv(table, args.out)
+    if args.markdown:
+        Path(args.markdown).write_text(tables.to_markdown(table))
 
 
 def cmd_prefetch(args) -> None:
@@ -122,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder (resumed if it holds checkpoint.pt)")
     train.add_argument("--spec", required=True, help="TrainSpec as JSON/YAML text or a file path")
     train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    train.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=cmd_train)
 
@@ -132,11 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto")
-    sample.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    sample.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="auto: bf16 where the device has native bf16")
     sample.add_argument("--out", required=True, help="output .npz (uint8 NHWC, key arr_0)")
     sample.add_argument("--grid", help="also write a PNG grid here")
     sample.add_argument("--grid-count", type=int, default=64, help="images in the grid")
     sample.add_argument("--grid-scale", type=int, default=1, help="nearest-neighbour upscaling of the grid")
+    sample.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     sample.add_argument("--no-progress", action="store_true")
     sample.set_defaults(run=cmd_sample)
 
@@ -158,8 +305,52 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--kid-subset-size", type=int, default=1000)
     evaluate.add_argument("--cache-dir", help="cache reference features here")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--tag", action="append", default=[], help="KEY=VALUE recorded in the JSON (repeatable)")
     evaluate.add_argument("--out", required=True, help="metrics JSON")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    snr = commands.add_parser("distance-vs-snr", help="Figure 1 data: perceptual distance of noisy pairs vs SNR")
+    snr.add_argument("--data", required=True)
+    snr.add_argument("--distance", choices=("lpips", "domain"), required=True)
+    snr.add_argument("--domain-weights", help="domain feature network (distance 'domain')")
+    snr.add_argument("--weights-dir", default="resources/weights")
+    snr.add_argument("--schedule", default="linear")
+    snr.add_argument("--num-timesteps", type=int, default=1000)
+    snr.add_argument("--points", type=int, default=25, help="number of timesteps evaluated")
+    snr.add_argument("--pairs", type=int, default=128)
+    snr.add_argument("--seed", type=int, default=0)
+    snr.add_argument("--threads", type=int, default=1)
+    snr.add_argument("--out", required=True, help="CSV")
+    snr.set_defaults(run=cmd_distance_vs_snr)
+
+    recon = commands.add_parser("reconstruct", help="Figure 2 data: x0_hat predicted from x_t at several t")
+    recon.add_argument("--checkpoint", required=True)
+    recon.add_argument("--data", required=True)
+    recon.add_argument("--num-images", type=int, default=4)
+    recon.add_argument("--points", type=int, default=8)
+    recon.add_argument("--seed", type=int, default=0)
+    recon.add_argument("--device", default="auto")
+    recon.add_argument("--out", required=True, help=".npz")
+    recon.set_defaults(run=cmd_reconstruct)
+
+    figure = commands.add_parser("figure", help="draw a figure (PNG + PDF)")
+    figure.add_argument("which", choices=("fig1", "fig2", "fig3", "fig4", "fig7", "samples"))
+    figure.add_argument("inputs", nargs="*", help="input files (samples: LABEL=PATH.npz)")
+    figure.add_argument("--out", required=True, help="PNG path; the PDF goes beside it")
+    figure.add_argument("--title")
+    figure.add_argument("--num-timesteps", type=int, default=1000, help="fig3")
+    figure.add_argument("--weightings", default='{"baseline": ["uniform", {}], "p2": ["p2", {"gamma": 1.0, "k": 1.0}]}',
+                        help="fig3: JSON {label: [weighting, params]}")
+    figure.add_argument("--grid-count", type=int, default=36, help="samples: images per panel")
+    figure.set_defaults(run=cmd_figure)
+
+    table = commands.add_parser("table", help="build a table CSV from metrics JSON files")
+    table.add_argument("which", choices=("table1", "table2", "table3", "table4"))
+    table.add_argument("inputs", nargs="+", help="metrics JSON files (table2: the table1 CSV)")
+    table.add_argument("--literature", help="table2: CSV of published numbers (model, dataset, fid, source)")
+    table.add_argument("--out", required=True)
+    table.add_argument("--markdown", help="also write a Markdown rendering here")
+    table.set_defaults(run=cmd_table)
 
     fetch = commands.add_parser("prefetch", help="download Inception and AlexNet weights (run with internet)")
     fetch.add_argument("--weights-dir", default="resources/weights")

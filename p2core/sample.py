@@ -14,7 +14,7 @@ from p2core.progress import progress_bar
 from p2core.checkpoint import load_checkpoint, load_weights
 from p2core.diffusion import parse_sampler
 from p2core.seeding import generator
-from p2core.train import build, pick_device
+from p2core.train import build, pick_device, resolve_precision
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -53,6 +53,7 @@ def generate(
     process = diffusion.respaced(spec) if spec else diffusion
     geometry = state["spec"]["model"]
     channels, size = geometry["in_channels"], geometry["image_size"]
+    precision = resolve_precision(precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     batches = []
     for index in progress_bar(range(math.ceil(num_samples / batch_size)), desc=f"sample {sampler}", disable=not progress):

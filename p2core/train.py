@@ -34,7 +34,7 @@ from p2core.seeding import derived_seed, generator
 from p2core.unet import create_model
 
 LOG_COLUMNS = ("step", "loss", "mse", "vb", "mse_unweighted", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "img_per_s")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -46,7 +46,8 @@ class TrainSpec:
     ``steps``: optimizer updates; ``batch_size``: images per update; ``lr``: AdamW learning rate (constant);
     ``ema_rate``: EMA decay per update; ``save_every``/``log_every``: in updates;
     ``snapshot_steps``: updates after which the EMA weights are kept as ``ema_step{N}.pt``;
-    ``precision``: ``fp32`` or ``bf16`` (autocast); ``channels_last``: NHWC memory layout.
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the GPU or CPU has native bf16, else
+    fp32; see :func:`resolve_precision`); ``channels_last``: NHWC memory layout.
     """
 
     model: dict
@@ -121,6 +122,15 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a bf16-capable GPU or a CPU with native bf16 (AVX512-BF16/AMX), else ``fp32``."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 def build(spec_dict: dict) -> tuple[torch.nn.Module, GaussianDiffusion]:
     """Model and diffusion of a stored spec (``spec`` of a checkpoint, with geometry filled in)."""
     return create_model(**spec_dict["model"]), create_diffusion(**spec_dict["diffusion"])
@@ -173,7 +183,8 @@ def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device:
     batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
     stats = _IntervalStats(diffusion.num_timesteps, device)
     bar = progress_bar(total=spec.steps, initial=start, desc=f"train {out_dir.name}", disable=not progress, unit="step")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+    precision = resolve_precision(spec.precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with _StopFlag() as stop:
         for step in range(start, spec.steps):
             gen = generator(spec.seed, "step", step)

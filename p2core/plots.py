@@ -1,0 +1,154 @@
+"""Matplotlib figures of the paper. Each function takes plain data and writes ``<path>.png`` plus a PDF beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from p2core.schedule import make_betas, snr as snr_of  # noqa: E402
+from p2core.weighting import loss_weights, normalised, vlb_weights  # noqa: E402
+
+# SNR ranges of the paper's three stages
+STAGES = (("coarse", 0.0, 1e-2, "#dbe9f6"), ("content", 1e-2, 1e0, "#fde5c8"), ("clean-up", 1e0, 1e4, "#e3f1de"))
+COLOURS = {"baseline": "#1f77b4", "p2": "#d62728"}
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write ``path`` (PNG, 150 dpi) and the same figure as PDF beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    plt.close(fig)
+
+
+def _shade_stages(ax, label: bool = True) -> None:
+    for name, low, high, colour in STAGES:
+        ax.axvspan(max(low, 1e-6), high, color=colour, zorder=0, lw=0)
+        if label:
+            ax.text(np.sqrt(max(low, 1e-5) * high), 0.98, name, transform=ax.get_xaxis_transform(), ha="center",
+                    va="top", fontsize=8, color="0.35")
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # noise grows to the right, as in the paper
+
+
+def _colour(label: str, index: int) -> str:
+    return COLOURS.get(label, f"C{index + 2}")
+
+
+def figure1(table: pd.DataFrame, distance_name: str, dataset: str, path: str | Path) -> None:
+    """Distance vs SNR for same-image and different-image pairs (columns of :func:`distance_vs_snr`)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    _shade_stages(ax)
+    for key, label, colour in (("same", "same image, two noises", "#2b8cbe"), ("different", "two different images", "#e34a33")):
+        ax.plot(table["snr"], table[f"{key}_mean"], "o-", ms=3, color=colour, label=label)
+        ax.fill_between(table["snr"], table[f"{key}_mean"] - table[f"{key}_std"],
+                        table[f"{key}_mean"] + table[f"{key}_std"], color=colour, alpha=0.2, lw=0)
+    ax.set_xlabel("SNR(t)")
+    ax.set_ylabel(distance_name)
+    ax.set_title(f"Fig. 1 ({dataset}): perceptual distance between noisy images", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
+
+
+def figure2(noisy: np.ndarray, predicted: np.ndarray, timesteps: list[int], snrs: list[float], title: str,
+            path: str | Path) -> None:
+    """Rows: pairs of ``x_t`` and ``x0_hat`` per image; columns: timesteps labelled with their SNR.
+
+    ``noisy``/``predicted``: uint8 (T, N, H, W, C) from :func:`p2core.analysis.reconstructions`.
+    """
+    steps, count = noisy.shape[:2]
+    fig, axes = plt.subplots(2 * count, steps, figsize=(1.1 * steps, 1.1 * 2 * count), squeeze=False)
+    for column in range(steps):
+        for image in range(count):
+            for offset, (source, name) in enumerate(((noisy, "x_t"), (predicted, "x0_hat"))):
+                ax = axes[2 * image + offset, column]
+                picture = source[column, image]
+                ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if column == 0:
+                    ax.set_ylabel(name, fontsize=7)
+        axes[0, column].set_title(f"t={timesteps[column]}\nSNR={snrs[column]:.1e}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def figure3(num_timesteps: int, weightings: dict[str, tuple[str, dict]], path: str | Path) -> None:
+    """Weights over SNR for the linear and cosine schedules.
+
+    Top: the paper's view, ``lambda'_t`` over the VLB terms, **normalised to sum to 1** (as the paper plots).
+    Bottom: the **unnormalised** per-timestep weight on the eps-MSE term that training actually multiplies.
+    ``weightings``: label -> (weighting name, parameters).
+    """
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex="col")
+    for column, schedule in enumerate(("linear", "cosine")):
+        betas = make_betas(schedule, num_timesteps)
+        abar = np.cumprod(1 - betas)
+        snr = snr_of(abar)
+        keep = snr > 1e-6  # the clipped last cosine steps have SNR ~ 0
+        for row in range(2):
+            _shade_stages(axes[row, column], label=row == 0)
+        for index, (label, (name, params)) in enumerate(weightings.items()):
+            colour = _colour(label, index)
+            axes[0, column].plot(snr[keep], normalised(vlb_weights(name, betas, **params))[keep], color=colour, label=label)
+            axes[1, column].plot(snr[keep], loss_weights(name, abar, **params)[keep], color=colour, label=label)
+        axes[0, column].set_title(f"{schedule} schedule, T={num_timesteps}", fontsize=9)
+        axes[0, column].set_yscale("log")
+        axes[1, column].set_yscale("log")
+        axes[1, column].set_xlabel("SNR(t)")
+    axes[0, 0].set_ylabel("lambda'_t over VLB terms\n(normalised: sums to 1)", fontsize=8)
+    axes[1, 0].set_ylabel("w_t on eps-MSE\n(unnormalised: used in training)", fontsize=8)
+    axes[0, 1].legend(fontsize=8)
+    fig.suptitle("Fig. 3: loss weights over SNR", fontsize=10)
+    save_figure(fig, path)
+
+
+def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid") -> None:
+    for index, (label, rows) in enumerate(table.groupby(group, sort=False)):
+        stats = rows.groupby(x)[y].agg(["mean", "std", "count"]).reset_index().sort_values(x)
+        colour = _colour(str(label), index)
+        ax.plot(stats[x], stats["mean"], "o-", ms=3, color=colour, label=f"{label} (n={int(stats['count'].max())})")
+        spread = stats["std"].fillna(0)
+        ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread, color=colour, alpha=0.2, lw=0)
+
+
+def figure4(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
+    """FID during training (``step``, ``fid`` per ``objective``; mean +- std over seeds)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    _mean_std_lines(ax, table, "step", "objective")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"FID ({extractor} features)")
+    ax.set_title("Fig. 4: FID during training", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def figure7(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
+    """FID vs the number of sampling steps (``steps``, ``fid`` per ``objective`` and sampler kind)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    table = table.assign(series=table["objective"] + " / " + table["kind"])
+    _mean_std_lines(ax, table, "steps", "series")
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"FID ({extractor} features)")
+    ax.set_title("Fig. 7: FID vs number of sampling steps", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def sample_comparison(grids: dict[str, np.ndarray], title: str, path: str | Path) -> None:
+    """Figures 5/6: sample grids side by side (``label -> uint8 (H, W, C)`` grid), same seeds in every panel."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
+    for ax, (label, grid) in zip(axes[0], grids.items()):
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(label, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
