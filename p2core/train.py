@@ -182,7 +182,7 @@ def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device:
 
     batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
     stats = _IntervalStats(diffusion.num_timesteps, device)
-    bar = progress_bar(total=spec.steps, initial=start, desc=f"train {out_dir.name}", disable=not progress, unit="step")
+    bar = progress_bar(total=spec.steps, initial=start, desc=f"train {out_dir}", disable=not progress, unit="step")
     precision = resolve_precision(spec.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with _StopFlag() as stop:

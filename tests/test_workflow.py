@@ -1,0 +1,134 @@
+"""The Snakemake DAG end to end on the tiny config, its rerun semantics, config errors, lint and the paper DAG."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+ARTIFACTS = [
+    "results/table1.csv", "results/table2.csv", "results/table3.csv", "results/table4.csv",
+    "results/figures/fig1_digits.png", "results/figures/fig2_reconstructions.png", "results/figures/fig3_weights.png",
+    "results/figures/fig4_fid_during_training.png", "results/figures/fig5_samples.png",
+    "results/figures/fig7_fid_vs_steps.png",
+]
+
+
+def snakemake(workdir, *args, timeout=900):
+    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_rules(result) -> set[str]:
+    """Rule names in a dry run's job-stats table."""
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return set()
+    table = (result.stdout + result.stderr).split("Job stats:")[1].split("total")[0]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"job"}
+
+
+def make_workspace(path: Path) -> Path:
+    for folder in ("workflow", "p2core", "config"):
+        shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A copy of the repo where the tiny config has been built to every artifact."""
+    workdir = make_workspace(tmp_path_factory.mktemp("dag"))
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_tiny_dag_builds_every_artifact(built):
+    for artifact in ARTIFACTS:
+        assert (built / artifact).is_file(), artifact
+        if artifact.endswith(".png"):
+            assert (built / artifact).with_suffix(".pdf").is_file()
+    table1 = (built / "results/table1.csv").read_text().splitlines()
+    assert table1[0].startswith("dataset,objective,fid_mean,fid_std,kid_mean,kid_std,seeds")
+    assert len(table1) == 3 and all(",2," in row for row in table1[1:])  # 2 seeds per cell
+    assert len((built / "results/table3.csv").read_text().splitlines()) == 1 + 5 * 2
+    assert (built / "logs/train/digits/p2/a/seed0.log").is_file()
+    assert (built / "benchmarks/jobs/train/digits/p2/a/seed0.tsv").is_file()
+
+
+def test_second_run_does_nothing(built):
+    result = snakemake(built, "-n", "--configfile", "config/test.yaml")
+    assert result.returncode == 0 and planned_rules(result) == set()
+
+
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        ("plots.py", {"figure1", "figure2", "figure3", "figure4", "figure7", "sample_figure", "all"}),
+        ("tables.py", {"table1", "table2", "table3", "table4", "figure4", "figure7", "figure3", "figure1", "figure2",
+                       "sample_figure", "all"}),
+        ("diffusion.py", {"train", "sample", "evaluate", "reconstructions", "distance_vs_snr", "table1", "table2",
+                          "table3", "table4", "figure1", "figure2", "figure4", "figure7", "sample_figure", "all"}),
+    ],
+)
+def test_code_edits_rerun_exactly_the_dependent_rules(built, module, expected):
+    path = built / "p2core" / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        result = snakemake(built, "-n", "--configfile", "config/test.yaml")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert planned_rules(result) == expected
+    finally:
+        path.write_text(original)
+
+
+def write_config(workdir: Path, change) -> str:
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    change(config)
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    return "bad.yaml"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(colour="blue"), "top level: Additional properties are not allowed ('colour'"),
+        (lambda c: c["train"].update(steps="many"), "train.steps: 'many' is not of type 'integer'"),
+        (lambda c: c["objectives"]["p2"]["weighting_params"].update(gamma=-0.5), "gamma: -0.5 is less than the minimum of 0"),
+        (lambda c: c["datasets"]["digits"].update(source="data/nowhere", extractor="inception-v3-compat",
+                                                  distance="lpips"), "data/nowhere does not exist"),
+        (lambda c: c["evaluation"].update(kid_subset_size=1000), "kid_subset_size: 1000 is larger than sampling.num_samples 24"),
+        (lambda c: c["table1"].update(objectives=["baseline", "p3"]), "table1.objectives names objective 'p3'"),
+    ],
+)
+def test_bad_configs_are_one_clear_line(tmp_path, change, message):
+    workdir = make_workspace(tmp_path)
+    result = snakemake(workdir, "-n", "--configfile", write_config(workdir, change), timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("config error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_lint_is_clean(tmp_path):
+    workdir = make_workspace(tmp_path)
+    result = snakemake(workdir, "--lint", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_paper_config_resolves_the_full_dag(tmp_path):
+    workdir = make_workspace(tmp_path)
+    for name in ("ffhq", "celebahq", "metfaces", "afhq_dog", "flowers", "cub"):
+        (workdir / "data" / name).mkdir(parents=True)
+    result = snakemake(workdir, "-n", "--configfile", "config/paper.yaml", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = (result.stdout + result.stderr).split("Job stats:")[1]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
+    # Table 1: 6 datasets x 2 objectives; Table 3 adds archs b-e x 2; Figure 4 adds the 2 cosine runs
+    assert counts["train"] == 12 + 8 + 2
+    assert counts["prepare_dataset"] == 6 and "train_domain_features" not in counts

@@ -1,0 +1,49 @@
+rule distance_vs_snr:
+    """Figure 1 data: distance between noisy versions of one image vs of two images, over SNR (no model)."""
+    input:
+        unpack(distance_inputs),
+        data="results/data/{dataset}/meta.json",
+    output:
+        "results/analysis/fig1_{dataset}.csv",
+    params:
+        distance=lambda w: dataset_cfg(w.dataset).get("distance", "lpips"),
+        domain=lambda w, input: f"--domain-weights {input.domain}" if "domain" in input.keys() else "",
+        schedule=config.get("schedule", "linear"),
+        num_timesteps=config.get("num_timesteps", 1000),
+        points=section("figure1").get("points", 25),
+        pairs=section("figure1").get("pairs", 128),
+        weights_dir=config.get("weights_dir", "resources/weights"),
+        code=CODE["analysis"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/distance_vs_snr/{dataset}.log",
+    benchmark:
+        "benchmarks/jobs/distance_vs_snr/{dataset}.tsv"
+    shell:
+        "python -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
+        " --weights-dir {params.weights_dir} --schedule {params.schedule} --num-timesteps {params.num_timesteps}"
+        " --points {params.points} --pairs {params.pairs} --out {output} > {log} 2>&1"
+
+
+rule reconstructions:
+    """Figure 2 data: x0_hat predicted by a trained model from x_t at several t."""
+    input:
+        checkpoint=figure2_checkpoint,
+        data=lambda w: f"results/data/{section('figure2')['dataset']}/meta.json",
+    output:
+        "results/analysis/fig2_reconstructions.npz",
+    params:
+        data=lambda w: f"results/data/{section('figure2')['dataset']}",
+        images=section("figure2").get("images", 4),
+        points=section("figure2").get("points", 8),
+        code=CODE["analysis"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/reconstructions/fig2.log",
+    benchmark:
+        "benchmarks/jobs/reconstructions/fig2.tsv"
+    shell:
+        "python -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
+        " --points {params.points} --out {output} > {log} 2>&1"

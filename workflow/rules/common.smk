@@ -1,0 +1,270 @@
+"""Config validation, wildcard constraints, per-run settings, target lists and code fingerprints."""
+
+import hashlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.settings.types import DeploymentMethod
+
+ROOT = Path(workflow.basedir).parent
+P2CORE_DIR = ROOT / "p2core"
+
+
+# ------------------------------------------------------------------------------------------ config validation
+def config_error(message):
+    """Stop before any job runs with one line saying what to fix."""
+    print(f"config error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def validate_config(cfg):
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "top level"
+        config_error(f"{where}: {error.message}")
+    datasets = cfg["datasets"]
+    for key, sec in artifact_sections(cfg):
+        for field, kind in REFERENCES.items():
+            names = sec.get(field, [])
+            for name in [names] if isinstance(names, str) else names:
+                if name not in cfg[f"{kind}s"]:
+                    config_error(f"{key}.{field} names {kind} '{name}', not defined under {kind}s "
+                                 f"({', '.join(cfg[f'{kind}s'])})")
+    for name, dataset in datasets.items():
+        source = dataset["source"]
+        if source.startswith("embedded:"):
+            if source != "embedded:digits":
+                config_error(f"datasets.{name}.source: unknown embedded dataset '{source}' (available: embedded:digits)")
+        elif not Path(source).exists():
+            config_error(f"datasets.{name}.source: {source} does not exist; put the {name} images there or fix the path")
+        extractor = dataset.get("extractor", "inception-v3-compat")
+        if extractor == "domain" and source != "embedded:digits":
+            config_error(f"datasets.{name}.extractor: 'domain' needs a labelled embedded dataset; use inception-v3-compat")
+        if dataset.get("distance", "lpips") == "domain" and source != "embedded:digits":
+            config_error(f"datasets.{name}.distance: 'domain' needs a labelled embedded dataset; use lpips")
+    snapshots = cfg["train"].get("snapshot_steps", [])
+    for name, dataset in datasets.items():
+        for arch, arch_cfg in cfg["archs"].items():
+            steps = {**cfg["train"], **dataset.get("train", {}), **arch_cfg.get("train", {})}["steps"]
+            if snapshots and max(snapshots) >= steps:
+                config_error(f"train.snapshot_steps: {max(snapshots)} is not below the {steps} training steps "
+                             f"of dataset {name}, arch {arch}")
+    kid, samples = cfg["evaluation"].get("kid_subset_size", 1000), cfg["sampling"]["num_samples"]
+    if kid > samples:
+        config_error(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
+
+
+# artifact-section fields that name config entries, and the kind of entry each names
+REFERENCES = {"datasets": "dataset", "dataset": "dataset", "objectives": "objective", "objective": "objective",
+              "archs": "arch", "arch": "arch"}
+
+
+def artifact_sections(cfg):
+    """(key, section) for every artifact section of the config."""
+    keys = ["table1", "table3", "table4", "figure1", "figure2", "figure4"]
+    pairs = [(k, cfg[k]) for k in keys if k in cfg]
+    return pairs + [(f"sample_figures.{k}", v) for k, v in cfg.get("sample_figures", {}).items()]
+
+
+validate_config(config)
+
+# ----------------------------------------------------------------------------------------------- the runner
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+# Rules run `python -m p2core ...`: with --sdm conda that python is workflow/envs/p2.yaml's, otherwise the
+# interpreter running snakemake (put first on PATH). PYTHONPATH finds this checkout's p2core either way.
+_PATH = "" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+# (the prefix is formatted like a shell command, hence the doubled braces)
+shell.prefix(f"set -euo pipefail; {_PATH}export PYTHONPATH={shlex.quote(str(ROOT))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
+def code_hash(*modules):
+    """Content hash of the p2core modules a step depends on, so that editing them reruns exactly the affected jobs.
+
+    cli.py is argument plumbing and deliberately left out (so editing one subcommand reruns nothing).
+    """
+    digest = hashlib.sha256()
+    for module in sorted(modules):
+        digest.update(module.encode() + b"\0" + (P2CORE_DIR / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE = {
+    "data": code_hash("data"),
+    "features": code_hash("features", "data", "seeding", "checkpoint"),
+    "train": code_hash("schedule", "weighting", "diffusion", "unet", "train", "data", "seeding", "checkpoint"),
+    "sample": code_hash("schedule", "respace", "diffusion", "unet", "sample", "seeding", "checkpoint"),
+    "evaluate": code_hash("metrics", "features"),
+    "analysis": code_hash("analysis", "schedule", "diffusion", "features", "metrics", "seeding"),
+    "figures": code_hash("plots", "tables", "schedule", "weighting"),
+    "tables": code_hash("tables", "respace"),
+}
+
+
+# --------------------------------------------------------------------------------------- per-run settings
+def dataset_cfg(dataset):
+    return config["datasets"][dataset]
+
+
+def objective_cfg(dataset, objective):
+    """The objective, with the dataset's overrides (e.g. gamma 0.5 for FFHQ) applied."""
+    base = dict(config["objectives"][objective])
+    base.update(dataset_cfg(dataset).get("objectives", {}).get(objective, {}))
+    return base
+
+
+def train_cfg(dataset, arch):
+    """Training settings: global, then the dataset's, then the arch's (Table 3 (e) changes the lr)."""
+    return {**config["train"], **dataset_cfg(dataset).get("train", {}), **config["archs"][arch].get("train", {})}
+
+
+def train_spec(wildcards):
+    """The p2core TrainSpec of one run as JSON (deterministic: sorted keys)."""
+    objective = objective_cfg(wildcards.dataset, wildcards.objective)
+    settings = train_cfg(wildcards.dataset, wildcards.arch)
+    spec = {
+        "model": {**config["archs"][wildcards.arch]["model"], "learn_sigma": objective.get("learn_sigma", True)},
+        "diffusion": {
+            "schedule": objective.get("schedule", config.get("schedule", "linear")),
+            "num_timesteps": config.get("num_timesteps", 1000),
+            "weighting": objective["weighting"],
+            "weighting_params": objective.get("weighting_params", {}),
+            "learn_sigma": objective.get("learn_sigma", True),
+        },
+        "seed": int(wildcards.seed),
+    }
+    keys = ("steps", "batch_size", "lr", "weight_decay", "ema_rate", "save_every", "log_every", "snapshot_steps",
+            "precision", "channels_last")
+    spec.update({key: settings[key] for key in keys if key in settings})
+    return json.dumps(spec, sort_keys=True)
+
+
+def train_steps(dataset, arch):
+    return train_cfg(dataset, arch)["steps"]
+
+
+# EMA snapshots for FID during training (Figure 4): one global list, below every run's length
+SNAPSHOT_STEPS = sorted(config["train"].get("snapshot_steps", []))
+
+
+# ------------------------------------------------------------------------------------------------- paths
+def run_path(dataset, objective, arch, seed):
+    return f"{dataset}/{objective}/{arch}/seed{seed}"
+
+
+def checkpoint_file(wildcards):
+    """ema.pt for ckpt 'final', ema_step{N}.pt for 'step{N}'."""
+    name = "ema" if wildcards.ckpt == "final" else f"ema_{wildcards.ckpt}"
+    return f"results/models/{run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)}/{name}.pt"
+
+
+def metrics_file(dataset, objective, arch, seed, ckpt="final", sampler=None):
+    sampler = sampler or config["sampling"]["sampler"]
+    return f"results/metrics/{run_path(dataset, objective, arch, seed)}/{ckpt}/{sampler}.json"
+
+
+def samples_file(dataset, objective, arch, seed, ckpt="final", sampler=None):
+    sampler = sampler or config["sampling"]["sampler"]
+    return f"results/samples/{run_path(dataset, objective, arch, seed)}/{ckpt}/{sampler}/samples.npz"
+
+
+def section(name):
+    return config.get(name, {})
+
+
+def default_arch(sec):
+    return sec.get("arch", next(iter(config["archs"])))
+
+
+# ------------------------------------------------------------------------------------------ target lists
+def table1_metrics(wildcards=None):
+    sec = section("table1")
+    return [metrics_file(d, o, default_arch(sec), s) for d in sec["datasets"] for o in sec["objectives"]
+            for s in config["seeds"]]
+
+
+def table3_metrics(wildcards=None):
+    sec = section("table3")
+    return [metrics_file(sec["dataset"], o, a, s, sampler=sec.get("sampler")) for a in sec["archs"]
+            for o in sec["objectives"] for s in sec.get("seeds", config["seeds"])]
+
+
+def table4_metrics(wildcards=None):
+    sec = section("table4")
+    return [metrics_file(sec["dataset"], o, default_arch(sec), s, sampler=sampler) for sampler in sec["samplers"]
+            for o in sec["objectives"] for s in sec.get("seeds", config["seeds"])]
+
+
+def figure4_metrics(wildcards=None):
+    sec = section("figure4")
+    arch = default_arch(sec)
+    ckpts = [f"step{n}" for n in SNAPSHOT_STEPS] + ["final"]
+    return [metrics_file(sec["dataset"], o, arch, s, ckpt=c) for o in sec["objectives"]
+            for s in sec.get("seeds", config["seeds"]) for c in ckpts]
+
+
+def sample_figure_inputs(wildcards):
+    sec = config["sample_figures"][wildcards.fig]
+    return {o: samples_file(sec["dataset"], o, default_arch(sec), sec.get("seed", config["seeds"][0]))
+            for o in sec["objectives"]}
+
+
+def tags(wildcards):
+    """--tag arguments that record what a metrics JSON describes (read back by the tables)."""
+    ckpt = wildcards.ckpt
+    steps = train_steps(wildcards.dataset, wildcards.arch)
+    values = {
+        "dataset": wildcards.dataset, "objective": wildcards.objective, "arch": wildcards.arch,
+        "arch_label": config["archs"][wildcards.arch].get("label", wildcards.arch), "seed": wildcards.seed,
+        "checkpoint": ckpt, "step": steps if ckpt == "final" else int(ckpt[4:]), "sampler": wildcards.sampler,
+        "training_steps": steps, "num_timesteps": config.get("num_timesteps", 1000),
+    }
+    return " ".join(f"--tag {shlex.quote(f'{k}={v}')}" for k, v in values.items())
+
+
+# ------------------------------------------------------------------------------------- rule input helpers
+def domain_weights(wildcards):
+    if dataset_cfg(wildcards.dataset).get("extractor", "inception-v3-compat") == "domain":
+        return f"results/features/{wildcards.dataset}/domain.pt"
+    return []
+
+
+def distance_inputs(wildcards):
+    if dataset_cfg(wildcards.dataset).get("distance", "lpips") == "domain":
+        return {"domain": f"results/features/{wildcards.dataset}/domain.pt"}
+    return {}
+
+
+def figure2_checkpoint(wildcards):
+    sec = section("figure2")
+    run = run_path(sec["dataset"], sec["objective"], default_arch(sec), sec.get("seed", 0))
+    return f"results/models/{run}/ema.pt"
+
+
+def fig3_weightings():
+    """Figure 3 curves: every configured objective on the linear schedule (the figure draws both schedules)."""
+    curves = {}
+    for name, objective in config["objectives"].items():
+        label = objective["weighting"] + "".join(f" {k}={v}" for k, v in objective.get("weighting_params", {}).items())
+        curves.setdefault(label, [objective["weighting"], objective.get("weighting_params", {})])
+    return json.dumps(curves, sort_keys=True)
+
+
+def all_artifacts():
+    targets = ["results/table1.csv", "results/table2.csv", "results/figures/fig3_weights.png"]
+    if "table3" in config:
+        targets.append("results/table3.csv")
+    if "table4" in config:
+        targets += ["results/table4.csv", "results/figures/fig7_fid_vs_steps.png"]
+    if "figure1" in config:
+        targets += [f"results/figures/fig1_{d}.png" for d in config["figure1"]["datasets"]]
+    if "figure2" in config:
+        targets.append("results/figures/fig2_reconstructions.png")
+    if "figure4" in config:
+        targets.append("results/figures/fig4_fid_during_training.png")
+    targets += [f"results/figures/{fig}_samples.png" for fig in config.get("sample_figures", {})]
+    return targets

@@ -1,0 +1,44 @@
+rule prepare_dataset:
+    """Images (embedded set, folder or zip) -> one uint8 array + metadata."""
+    output:
+        images="results/data/{dataset}/images.npy",
+        meta="results/data/{dataset}/meta.json",
+    params:
+        source=lambda w: (
+            f"--embedded {dataset_cfg(w.dataset)['source'].split(':', 1)[1]}"
+            if dataset_cfg(w.dataset)["source"].startswith("embedded:")
+            else f"--source {shlex.quote(dataset_cfg(w.dataset)['source'])} --name {w.dataset}"
+            + ("" if dataset_cfg(w.dataset).get("flip", True) else " --no-flip")
+            + (" --skip-unreadable" if dataset_cfg(w.dataset).get("skip_unreadable") else "")
+        ),
+        resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
+        code=CODE["data"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/jobs/prepare_dataset/{dataset}.tsv"
+    shell:
+        "python -m p2core prepare {params.source} --resolution {params.resolution} --out results/data/{wildcards.dataset} > {log} 2>&1"
+
+
+rule train_domain_features:
+    """The domain feature network (digit classifier) used for FID/KID on labelled embedded data."""
+    input:
+        rules.prepare_dataset.output.meta,
+    output:
+        "results/features/{dataset}/domain.pt",
+    params:
+        epochs=config["evaluation"].get("domain_features", {}).get("epochs", 10),
+        min_accuracy=config["evaluation"].get("domain_features", {}).get("min_accuracy", 0.97),
+        code=CODE["features"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/train_domain_features/{dataset}.log",
+    benchmark:
+        "benchmarks/jobs/train_domain_features/{dataset}.tsv"
+    shell:
+        "python -m p2core train-features --data results/data/{wildcards.dataset} --out {output} --epochs {params.epochs}"
+        " --min-accuracy {params.min_accuracy} > {log} 2>&1"

@@ -1,0 +1,25 @@
+rule evaluate:
+    """FID and KID of one sample set against the prepared real images (extractor from the dataset's config)."""
+    input:
+        samples="results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/samples.npz",
+        data="results/data/{dataset}/meta.json",
+        domain=domain_weights,
+    output:
+        "results/metrics/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.json",
+    params:
+        extractor=lambda w: dataset_cfg(w.dataset).get("extractor", "inception-v3-compat"),
+        domain=lambda w, input: f"--domain-weights {input.domain}" if input.domain else "",
+        kid=config["evaluation"].get("kid_subset_size", 1000),
+        weights_dir=config.get("weights_dir", "resources/weights"),
+        tags=tags,
+        code=CODE["evaluate"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/evaluate/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
+    benchmark:
+        "benchmarks/jobs/evaluate/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.tsv"
+    shell:
+        "python -m p2core evaluate --samples {input.samples} --data results/data/{wildcards.dataset}"
+        " --extractor {params.extractor} {params.domain} --weights-dir {params.weights_dir}"
+        " --kid-subset-size {params.kid} --cache-dir results/metrics/cache {params.tags} --out {output} > {log} 2>&1"

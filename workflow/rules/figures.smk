@@ -1,0 +1,113 @@
+rule figure1:
+    input:
+        "results/analysis/fig1_{dataset}.csv",
+    output:
+        report("results/figures/fig1_{dataset}.png", caption="../report/fig1.rst", category="Figures",
+               labels={"figure": "1", "dataset": "{dataset}"}),
+    params:
+        code=CODE["figures"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/figure1/{dataset}.log",
+    benchmark:
+        "benchmarks/jobs/figure1/{dataset}.tsv"
+    shell:
+        "python -m p2core figure fig1 {input} --out {output} > {log} 2>&1"
+
+
+rule figure2:
+    input:
+        "results/analysis/fig2_reconstructions.npz",
+    output:
+        report("results/figures/fig2_reconstructions.png", caption="../report/fig2.rst", category="Figures",
+               labels={"figure": "2"}),
+    params:
+        title=lambda w: "Fig. 2: x0_hat from x_t, {dataset}, {objective} model".format(**section("figure2")),
+        code=CODE["figures"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/figure2/fig2.log",
+    benchmark:
+        "benchmarks/jobs/figure2/fig2.tsv"
+    shell:
+        "python -m p2core figure fig2 {input} --title {params.title:q} --out {output} > {log} 2>&1"
+
+
+rule figure3:
+    output:
+        report("results/figures/fig3_weights.png", caption="../report/fig3.rst", category="Figures",
+               labels={"figure": "3"}),
+    params:
+        weightings=fig3_weightings(),
+        num_timesteps=config.get("num_timesteps", 1000),
+        code=CODE["figures"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/figure3/fig3.log",
+    benchmark:
+        "benchmarks/jobs/figure3/fig3.tsv"
+    shell:
+        "python -m p2core figure fig3 --num-timesteps {params.num_timesteps} --weightings {params.weightings:q}"
+        " --out {output} > {log} 2>&1"
+
+
+rule figure4:
+    input:
+        figure4_metrics,
+    output:
+        report("results/figures/fig4_fid_during_training.png", caption="../report/fig4.rst", category="Figures",
+               labels={"figure": "4"}),
+    params:
+        code=CODE["figures"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/figure4/fig4.log",
+    benchmark:
+        "benchmarks/jobs/figure4/fig4.tsv"
+    shell:
+        "python -m p2core figure fig4 {input} --out {output} > {log} 2>&1"
+
+
+rule sample_figure:
+    """Figures 5 and 6: sample grids side by side, same sampling seed in every panel."""
+    input:
+        unpack(sample_figure_inputs),
+    output:
+        report("results/figures/{fig}_samples.png", caption="../report/samples.rst", category="Figures",
+               labels={"figure": "{fig}"}),
+    params:
+        panels=lambda w, input: " ".join(shlex.quote(f"{label}={path}") for label, path in input.items()),
+        title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
+        code=CODE["figures"],
+    wildcard_constraints:
+        fig=r"fig\d+",
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/sample_figure/{fig}.log",
+    benchmark:
+        "benchmarks/jobs/sample_figure/{fig}.tsv"
+    shell:
+        "python -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
+
+
+rule figure7:
+    input:
+        table4_metrics,
+    output:
+        report("results/figures/fig7_fid_vs_steps.png", caption="../report/fig7.rst", category="Figures",
+               labels={"figure": "7"}),
+    params:
+        code=CODE["figures"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/figure7/fig7.log",
+    benchmark:
+        "benchmarks/jobs/figure7/fig7.tsv"
+    shell:
+        "python -m p2core figure fig7 {input} --out {output} > {log} 2>&1"

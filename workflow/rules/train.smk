@@ -1,0 +1,26 @@
+rule train:
+    """One training run: a dataset, an objective (baseline, P2, ...), an architecture and a seed."""
+    input:
+        "results/data/{dataset}/meta.json",
+    output:
+        ema="results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
+        log_csv="results/models/{dataset}/{objective}/{arch}/seed{seed}/train.csv",
+        snapshots=expand("results/models/{dataset}/{objective}/{arch}/seed{seed}/ema_step{n}.pt", n=SNAPSHOT_STEPS, allow_missing=True),
+    params:
+        spec=train_spec,
+        out=lambda w: f"results/models/{run_path(**w)}",
+        code=CODE["train"],
+    threads: lambda w: train_cfg(w.dataset, w.arch).get("threads", 1)
+    resources:
+        mem_mb=lambda w: train_cfg(w.dataset, w.arch).get("mem_mb", 4000),
+        runtime=lambda w: train_cfg(w.dataset, w.arch).get("runtime_min", 60),
+        gpu=lambda w: train_cfg(w.dataset, w.arch).get("gpus", 0),
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/train/{dataset}/{objective}/{arch}/seed{seed}.log",
+    benchmark:
+        "benchmarks/jobs/train/{dataset}/{objective}/{arch}/seed{seed}.tsv"
+    shell:
+        "python -m p2core train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
+        " --threads {threads} > {log} 2>&1"
