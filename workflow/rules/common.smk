@@ -36,6 +36,9 @@ def validate_config(cfg):
                     config_error(f"{key}.{field} names {kind} '{name}', not defined under {kind}s "
                                  f"({', '.join(cfg[f'{kind}s'])})")
     for name, dataset in datasets.items():
+        for objective in dataset.get("objectives", {}):
+            if objective not in cfg["objectives"]:
+                config_error(f"datasets.{name}.objectives overrides objective '{objective}', which is not defined")
         source = dataset["source"]
         if source.startswith("embedded:"):
             if source != "embedded:digits":
