@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from p2core.progress import progress_bar
+from torch.nn.parallel import DistributedDataParallel
 
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import TrainingBatches, load_prepared
 from p2core.diffusion import GaussianDiffusion, create_diffusion
+from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
+from p2core.progress import progress_bar
 from p2core.seeding import derived_seed, generator
 from p2core.unet import create_model
 
@@ -163,12 +165,24 @@ class Preempted(P2Error):
 
 
 def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device: str = "auto", progress: bool = True) -> Path:
-    """Train (or resume) a run into ``out_dir``; returns the path of the final ``ema.pt``."""
+    """Train (or resume) a run into ``out_dir``; returns the path of the final ``ema.pt``.
+
+    Under ``torchrun`` with several processes the global ``batch_size`` is split across them (see
+    :mod:`p2core.distributed`); rank 0 writes every file.
+    """
     out_dir = Path(out_dir)
+    ranks, device = init_from_environment(pick_device(device))
+    try:
+        return _train(spec, data_folder, out_dir, device, ranks, progress and ranks.is_main)
+    finally:
+        shutdown(ranks)
+
+
+def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ranks: Ranks, progress: bool) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(device)
     data = load_prepared(data_folder)
     resolved = {**spec.as_dict(), "model": spec.model_kwargs(data.meta["resolution"], data.meta["channels"])}
+    local = ranks.local_slice(spec.batch_size)
 
     torch.manual_seed(derived_seed(spec.seed, "init"))
     model, diffusion = build(resolved)
@@ -178,13 +192,21 @@ def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device:
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     start = _resume(out_dir / "checkpoint.pt", resolved, model, ema, optimizer)
-    _truncate_log(out_dir / "train.csv", start)
+    if ranks.is_main:
+        _truncate_log(out_dir / "train.csv", start)
+    network = model if ranks.world == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
-    stats = _IntervalStats(diffusion.num_timesteps, device)
+    stats = _IntervalStats(diffusion.num_timesteps, device, ranks)
     bar = progress_bar(total=spec.steps, initial=start, desc=f"train {out_dir}", disable=not progress, unit="step")
     precision = resolve_precision(spec.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+
+    def save(name: str, kind: str, **content) -> None:
+        if ranks.is_main:
+            save_checkpoint(out_dir / name, kind, spec=resolved, **content)
+
     with _StopFlag() as stop:
         for step in range(start, spec.steps):
             gen = generator(spec.seed, "step", step)
@@ -192,11 +214,10 @@ def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device:
             t = torch.randint(diffusion.num_timesteps, (spec.batch_size,), generator=gen)
             noise = torch.randn(x.shape, generator=gen)
             torch.manual_seed(derived_seed(spec.seed, "step", step))  # dropout
-            x, t, noise = (v.to(device, non_blocking=True) for v in (x, t, noise))
-            if spec.channels_last:
-                x, noise = x.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+            x, noise = (v[local].to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in (x, noise))
+            t = t[local].to(device, non_blocking=True)
             with autocast:
-                losses = diffusion.training_losses(model, x, t, noise)
+                losses = diffusion.training_losses(network, x, t, noise)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].mean().backward()
             optimizer.step()
@@ -205,26 +226,28 @@ def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device:
 
             done = step + 1
             bar.update(1)
-            saving = done % spec.save_every == 0 or done == spec.steps or stop.signal_name
+            stopping = ranks.any(stop.signal_name is not None, device)
+            saving = done % spec.save_every == 0 or done == spec.steps or stopping
             if done % spec.log_every == 0 or saving:
                 row = stats.flush(done)
                 _check_finite(row, out_dir, done)
-                _append_log(out_dir / "train.csv", row)
+                if ranks.is_main:
+                    _append_log(out_dir / "train.csv", row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
             if done in spec.snapshot_steps:
-                save_checkpoint(out_dir / f"ema_step{done}.pt", "ema", state_dict=ema.state_dict(), step=done, spec=resolved)
+                save(f"ema_step{done}.pt", "ema", state_dict=ema.state_dict(), step=done)
             if saving:
-                save_checkpoint(
-                    out_dir / "checkpoint.pt", "train", model=model.state_dict(), ema=ema.state_dict(),
-                    optimizer=optimizer.state_dict(), step=done, spec=resolved,
-                )
-            if stop.signal_name and done < spec.steps:
+                save("checkpoint.pt", "train", model=model.state_dict(), ema=ema.state_dict(),
+                     optimizer=optimizer.state_dict(), step=done)
+            if stopping and done < spec.steps:
                 bar.close()
-                raise Preempted(f"stopped by {stop.signal_name} after step {done}; checkpoint saved, rerun to resume")
+                ranks.barrier()
+                raise Preempted(f"stopped by {stop.signal_name or 'a signal'} after step {done}; "
+                                "checkpoint saved, rerun to resume")
     bar.close()
-    final = out_dir / "ema.pt"
-    save_checkpoint(final, "ema", state_dict=ema.state_dict(), step=spec.steps, spec=resolved)
-    return final
+    save("ema.pt", "ema", state_dict=ema.state_dict(), step=spec.steps)
+    ranks.barrier()
+    return out_dir / "ema.pt"
 
 
 def _resume(path: Path, resolved: dict, model, ema, optimizer) -> int:
@@ -255,11 +278,13 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> No
 
 
 class _IntervalStats:
-    """Loss sums over a log interval kept on the device (no per-step host sync), overall and per quarter of t."""
+    """Loss sums over a log interval kept on the device (no per-step host sync), overall and per quarter of t;
+    summed over all ranks when flushed."""
 
-    def __init__(self, num_timesteps: int, device: torch.device):
+    def __init__(self, num_timesteps: int, device: torch.device, ranks: Ranks):
         self.num_timesteps = num_timesteps
         self.device = device
+        self.ranks = ranks
         self._reset()
 
     def _reset(self):
@@ -278,11 +303,13 @@ class _IntervalStats:
         self.samples += len(t)
 
     def flush(self, step: int) -> dict:
-        means = (self.sums / max(self.samples, 1)).tolist()
-        quarters = (self.quarter_sums / self.quarter_counts.clamp(min=1)).tolist()
+        sums, quarter_sums, quarter_counts = (self.ranks.sum(v) for v in (self.sums, self.quarter_sums, self.quarter_counts))
+        samples = self.samples * self.ranks.world
+        means = (sums / max(samples, 1)).tolist()
+        quarters = (quarter_sums / quarter_counts.clamp(min=1)).tolist()
         elapsed = time.perf_counter() - self.started
         row = dict(zip(LOG_COLUMNS[1:5], means), step=step)
-        row.update({f"loss_q{i}": q for i, q in enumerate(quarters)}, img_per_s=self.samples / max(elapsed, 1e-9))
+        row.update({f"loss_q{i}": q for i, q in enumerate(quarters)}, img_per_s=samples / max(elapsed, 1e-9))
         self._reset()
         return row
 

@@ -37,51 +37,84 @@ def test_train_writes_log_checkpoint_and_final_ema(digits8, tmp_path):
     assert all(float(x) >= 0 for x in lines[1].split(",")[1:])
 
 
-def test_resume_after_sigkill_is_bit_identical(digits8, tmp_path):
-    spec = json.dumps(tiny_spec(steps=150, save_every=7, log_every=7, batch_size=4))
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    done = run_cli("train", "--data", str(digits8), "--out", str(reference), "--spec", spec, "--no-progress")
-    assert done.returncode == 0, done.stderr
+RESUME_SPEC = json.dumps(tiny_spec(steps=150, save_every=7, log_every=7, batch_size=4))
 
-    kills = 0
-    for delay in (0.0, 0.37):  # kill once right after the first checkpoint, once a little later
-        process = subprocess.Popen([*CLI, "train", "--data", str(digits8), "--out", str(interrupted), "--spec", spec,
-                                    "--no-progress"], stderr=subprocess.DEVNULL)
-        start_step = load_checkpoint(interrupted / "checkpoint.pt")["step"] if (interrupted / "checkpoint.pt").exists() else 0
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if (interrupted / "checkpoint.pt").exists() and load_checkpoint(interrupted / "checkpoint.pt")["step"] > start_step:
-                break
-            time.sleep(0.005)
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if process.returncode == -signal.SIGKILL and not (interrupted / "ema.pt").exists():
-            kills += 1
-    assert kills >= 1, "the run finished before it could be killed; make it longer"
-    resumed = run_cli("train", "--data", str(digits8), "--out", str(interrupted), "--spec", spec, "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
 
-    assert_same_state(load_checkpoint(reference / "ema.pt")["state_dict"], load_checkpoint(interrupted / "ema.pt")["state_dict"])
-    ref, got = load_checkpoint(reference / "checkpoint.pt"), load_checkpoint(interrupted / "checkpoint.pt")
+def train_process(data, out, spec=RESUME_SPEC, stderr=subprocess.DEVNULL, launcher=()):
+    command = [*launcher, "-m", "p2core"] if launcher else CLI
+    return subprocess.Popen([*command, "train", "--data", str(data), "--out", str(out), "--spec", spec,
+                             "--no-progress", "--threads", "1"], stderr=stderr, text=True)
+
+
+@pytest.fixture(scope="module")
+def reference(digits8, tmp_path_factory):
+    """An uninterrupted run of RESUME_SPEC."""
+    out = tmp_path_factory.mktemp("reference")
+    assert train_process(digits8, out).wait(timeout=300) == 0
+    return out
+
+
+def assert_same_run(reference, other):
+    assert_same_state(load_checkpoint(reference / "ema.pt")["state_dict"], load_checkpoint(other / "ema.pt")["state_dict"])
+    ref, got = load_checkpoint(reference / "checkpoint.pt"), load_checkpoint(other / "checkpoint.pt")
     assert_same_state(ref["model"], got["model"])
     assert torch.equal(ref["optimizer"]["state"][0]["exp_avg"], got["optimizer"]["state"][0]["exp_avg"])
-    steps = [int(line.split(",")[0]) for line in (interrupted / "train.csv").read_text().splitlines()[1:]]
+    steps = [int(line.split(",")[0]) for line in (other / "train.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 150  # no duplicated rows after resumes
 
 
-def test_sigterm_checkpoints_and_exits_cleanly(digits8, tmp_path):
-    spec = json.dumps(tiny_spec(steps=100000, save_every=100000, log_every=50))
-    process = subprocess.Popen([*CLI, "train", "--data", str(digits8), "--out", str(tmp_path), "--spec", spec,
-                                "--no-progress"], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "train.csv").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+def wait_for_progress(out, beyond_step, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (out / "checkpoint.pt").exists() and load_checkpoint(out / "checkpoint.pt")["step"] > beyond_step:
+            return
+        time.sleep(0.005)
+    raise AssertionError("training made no progress")
+
+
+def test_resume_after_sigkill_is_bit_identical(digits8, reference, tmp_path):
+    kills = 0
+    for delay in (0.0, 0.37):  # kill once right after a checkpoint, once a little later (maybe mid-write)
+        step = load_checkpoint(tmp_path / "checkpoint.pt")["step"] if (tmp_path / "checkpoint.pt").exists() else 0
+        process = train_process(digits8, tmp_path)
+        wait_for_progress(tmp_path, step)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if process.returncode == -signal.SIGKILL and not (tmp_path / "ema.pt").exists():
+            kills += 1
+    assert kills >= 1, "the run finished before it could be killed; make it longer"
+    assert train_process(digits8, tmp_path).wait(timeout=300) == 0
+    assert_same_run(reference, tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_exits_and_resumes_identically(digits8, reference, tmp_path, sig):
+    process = train_process(digits8, tmp_path, stderr=subprocess.PIPE)
+    wait_for_progress(tmp_path, 0)
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
-    assert "stopped by SIGTERM" in stderr and "rerun to resume" in stderr
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] >= 50
+    assert process.returncode == 2, stderr
+    assert f"stopped by {sig.name}" in stderr and "rerun to resume" in stderr
+    assert 7 <= load_checkpoint(tmp_path / "checkpoint.pt")["step"] < 150
+    assert not (tmp_path / "ema.pt").exists()
+    assert train_process(digits8, tmp_path).wait(timeout=300) == 0
+    assert_same_run(reference, tmp_path)
+
+
+def test_two_process_ddp_equals_one_process(digits8, tmp_path):
+    spec = json.dumps(tiny_spec(steps=12, batch_size=8, save_every=6, log_every=6))
+    assert train_process(digits8, tmp_path / "single", spec).wait(timeout=300) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    ddp = train_process(digits8, tmp_path / "ddp", spec, stderr=subprocess.PIPE, launcher=torchrun)
+    _, stderr = ddp.communicate(timeout=300)
+    assert ddp.returncode == 0, stderr[-3000:]
+    single = load_checkpoint(tmp_path / "single" / "ema.pt")["state_dict"]
+    parallel = load_checkpoint(tmp_path / "ddp" / "ema.pt")["state_dict"]
+    assert single["out.2.weight"].abs().max() > 0  # zero-initialised: non-zero means both really trained
+    for key in single:
+        torch.testing.assert_close(single[key], parallel[key], rtol=1e-4, atol=1e-5)
+    assert len((tmp_path / "ddp" / "train.csv").read_text().splitlines()) == 3  # rank 0 alone wrote the log
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(digits8, tmp_path, monkeypatch):

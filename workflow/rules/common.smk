@@ -146,6 +146,14 @@ def train_spec(wildcards):
     return json.dumps(spec, sort_keys=True)
 
 
+def train_launcher(wildcards):
+    """`python -m p2core`, or torchrun with one process per GPU when a run asks for more than one GPU."""
+    gpus = train_cfg(wildcards.dataset, wildcards.arch).get("gpus", 0)
+    if gpus > 1:
+        return f"python -m torch.distributed.run --standalone --nproc_per_node={gpus} -m p2core"
+    return "python -m p2core"
+
+
 def train_steps(dataset, arch):
     return train_cfg(dataset, arch)["steps"]
 

@@ -1,14 +1,17 @@
 rule train:
-    """One training run: a dataset, an objective (baseline, P2, ...), an architecture and a seed."""
+    """One training run: a dataset, an objective (baseline, P2, ...), an architecture and a seed.
+
+    Only ema.pt, written last, is declared: checkpoint.pt, train.csv and the ema_step{N}.pt snapshots must survive
+    a failed or preempted attempt (snakemake deletes the declared outputs of failed jobs), so the retry resumes.
+    """
     input:
         "results/data/{dataset}/meta.json",
     output:
-        ema="results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
-        log_csv="results/models/{dataset}/{objective}/{arch}/seed{seed}/train.csv",
-        snapshots=expand("results/models/{dataset}/{objective}/{arch}/seed{seed}/ema_step{n}.pt", n=SNAPSHOT_STEPS, allow_missing=True),
+        "results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
     params:
         spec=train_spec,
         out=lambda w: f"results/models/{run_path(**w)}",
+        launch=train_launcher,
         code=CODE["train"],
     threads: lambda w: train_cfg(w.dataset, w.arch).get("threads", 1)
     resources:
@@ -22,5 +25,5 @@ rule train:
     benchmark:
         "benchmarks/jobs/train/{dataset}/{objective}/{arch}/seed{seed}.tsv"
     shell:
-        "python -m p2core train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
+        "{params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
         " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,140 @@
+"""The pipeline on a real single-node SLURM cluster (tests/slurm/cluster.sh), through the slurm profile.
+
+Runs where root and apt are available (the cluster is installed and started by the tests); skipped elsewhere.
+Every snakemake call runs under `timeout -k`, so a scheduler problem fails a test instead of hanging CI.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from test_workflow import make_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("apt-get") is None,
+    reason="the SLURM tests install and start a local cluster: they need root and apt",
+)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    run_dir = Path(f"/tmp/p2-slurm-test-{os.getpid()}")  # outside pytest's 0700 folders: munged must reach it
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(run_dir)], capture_output=True, text=True, timeout=600)
+    if started.returncode == 3:
+        pytest.skip(started.stderr.strip())
+    if started.returncode != 0:
+        pytest.fail(f"could not start the test cluster: {started.stderr[-2000:]}")
+    env = {**os.environ, "SLURM_CONF": str(run_dir / "slurm.conf")}
+    yield env
+    subprocess.run(["bash", str(CLUSTER), "stop", str(run_dir)], timeout=60)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def cluster_profile(workdir: Path, **overrides) -> str:
+    """profiles/slurm with this cluster's partition, no account, squeue polling and small CPU counts."""
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    profile["default-resources"] = {**profile["default-resources"], "slurm_partition": "debug", "mem_mb": 1000}
+    profile["default-resources"].pop("slurm_account")
+    for rule in profile["set-resources"].values():
+        for key in ("cpus_per_gpu", "cpus_per_task"):
+            if key in rule:
+                rule[key] = 1
+        rule.pop("mem_mb", None)
+    profile.update({
+        "slurm-no-account": True, "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2,
+        "jobs": 4, "latency-wait": 5, "retries": 0, "slurm-logdir": str(workdir / "slurm_logs"),
+    })
+    profile.update(overrides)
+    folder = workdir / "profiles" / "test"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return str(folder)
+
+
+def write_config(workdir: Path, change=lambda c: None) -> str:
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    change(config)
+    (workdir / "cluster.yaml").write_text(yaml.safe_dump(config))
+    return "cluster.yaml"
+
+
+def snakemake(workdir, env, *args, limit=600):
+    command = ["timeout", "-k", "10", str(limit), sys.executable, "-m", "snakemake", *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+
+
+def finished_jobs(env) -> list[dict]:
+    """Jobs the controller still remembers (MinJobAge), as dicts of `scontrol show job -o` fields."""
+    out = subprocess.run(["scontrol", "show", "job", "-o"], env=env, capture_output=True, text=True).stdout
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.startswith("JobId=")]
+
+
+def test_table1_through_sbatch(cluster, tmp_path):
+    workdir = make_workspace(tmp_path)
+    before = {job["JobId"] for job in finished_jobs(cluster)}
+    result = snakemake(workdir, cluster, "results/table1.csv", "--profile", cluster_profile(workdir),
+                       "--configfile", write_config(workdir))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert (workdir / "results/table1.csv").is_file()
+    jobs = [job for job in finished_jobs(cluster) if job["JobId"] not in before]
+    # prepare 1, domain features 1, train 4, sample 4, evaluate 4: all submitted with sbatch; table1 is local
+    assert len(jobs) == 14 and all(job["JobState"] == "COMPLETED" for job in jobs)
+    assert {job["Partition"] for job in jobs} == {"debug"}
+
+
+def test_failing_rule_is_reported_as_failed(cluster, tmp_path):
+    workdir = make_workspace(tmp_path)
+    config = write_config(workdir, lambda c: c["evaluation"]["domain_features"].update(min_accuracy=1.0))
+    result = snakemake(workdir, cluster, "results/features/digits/domain.pt", "--profile", cluster_profile(workdir),
+                       "--configfile", config)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Error in rule train_domain_features" in output
+    assert not (workdir / "results/features/digits/domain.pt").exists()
+    assert any(job["JobState"] == "FAILED" for job in finished_jobs(cluster))
+
+
+def test_gpu_rule_requests_gpus_and_preemption_signal_resumes_identically(cluster, tmp_path):
+    """A training run asking for a GPU is submitted with --gpus; `scancel --signal=USR1` mid-run makes it checkpoint
+    and exit, the retry resumes, and the weights equal a local uninterrupted run's."""
+    target = "results/models/digits/p2/a/seed0/ema.pt"
+
+    def long_gpu_run(config):
+        config["train"].update(steps=400, save_every=50, log_every=10, gpus=1)
+
+    local = make_workspace(tmp_path / "local")
+    result = snakemake(local, os.environ, target, "--cores", "1", "--configfile", write_config(local, long_gpu_run))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    remote = make_workspace(tmp_path / "remote")
+    process = subprocess.Popen(
+        ["timeout", "-k", "10", "600", sys.executable, "-m", "snakemake", target, "--profile",
+         cluster_profile(remote, retries=2), "--configfile", write_config(remote, long_gpu_run)],
+        cwd=remote, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = remote / "results/models/digits/p2/a/seed0/train.csv"
+    deadline = time.time() + 300
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    running = [j for j in finished_jobs(cluster) if j["JobState"] == "RUNNING"]
+    assert len(running) == 1, running
+    assert "gres:gpu:1" in running[0].get("TresPerJob", "") + running[0].get("TresPerNode", "")
+    subprocess.run(["scancel", "--signal=USR1", running[0]["JobId"]], env=cluster, check=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-4000:]
+    states = [j["JobState"] for j in finished_jobs(cluster) if int(j["JobId"]) >= int(running[0]["JobId"])]
+    assert "FAILED" in states and states.count("COMPLETED") >= 1  # stopped once, then resumed by the retry
+    a = torch.load(local / target, weights_only=True)["state_dict"]
+    b = torch.load(remote / target, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
