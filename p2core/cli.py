@@ -53,7 +53,8 @@ def cmd_train(args) -> None:
     torch.set_num_threads(args.threads)
     spec = TrainSpec.from_dict(_load_spec(args.spec))
     final = train(spec, args.data, args.out, device=args.device, progress=not args.no_progress)
-    print(f"wrote {final}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {final}")
 
 
 def cmd_sample(args) -> None:

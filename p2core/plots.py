@@ -28,14 +28,17 @@ def save_figure(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def _shade_stages(ax, label: bool = True) -> None:
+def _shade_stages(ax, label: bool = True, invert: bool = True) -> None:
+    """Shade the paper's three SNR stages on a log x axis; ``invert`` puts high noise on the right (once per
+    shared axis: inverting twice cancels)."""
     for name, low, high, colour in STAGES:
         ax.axvspan(max(low, 1e-6), high, color=colour, zorder=0, lw=0)
         if label:
             ax.text(np.sqrt(max(low, 1e-5) * high), 0.98, name, transform=ax.get_xaxis_transform(), ha="center",
                     va="top", fontsize=8, color="0.35")
     ax.set_xscale("log")
-    ax.invert_xaxis()  # noise grows to the right, as in the paper
+    if invert:
+        ax.invert_xaxis()
 
 
 def _colour(label: str, index: int) -> str:
@@ -94,7 +97,7 @@ def figure3(num_timesteps: int, weightings: dict[str, tuple[str, dict]], path: s
         snr = snr_of(abar)
         keep = snr > 1e-6  # the clipped last cosine steps have SNR ~ 0
         for row in range(2):
-            _shade_stages(axes[row, column], label=row == 0)
+            _shade_stages(axes[row, column], label=row == 0, invert=row == 0)  # the rows share their x axis
         for index, (label, (name, params)) in enumerate(weightings.items()):
             colour = _colour(label, index)
             axes[0, column].plot(snr[keep], normalised(vlb_weights(name, betas, **params))[keep], color=colour, label=label)

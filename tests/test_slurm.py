@@ -84,25 +84,30 @@ def finished_jobs(env) -> list[dict]:
 def test_table1_through_sbatch(cluster, tmp_path):
     workdir = make_workspace(tmp_path)
     before = {job["JobId"] for job in finished_jobs(cluster)}
-    result = snakemake(workdir, cluster, "results/table1.csv", "--profile", cluster_profile(workdir),
-                       "--configfile", write_config(workdir))
+    config = write_config(workdir, lambda c: c.update(seeds=[0]))
+    result = snakemake(workdir, cluster, "results/table1.csv", "--profile", cluster_profile(workdir), "--configfile", config)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert (workdir / "results/table1.csv").is_file()
     jobs = [job for job in finished_jobs(cluster) if job["JobId"] not in before]
-    # prepare 1, domain features 1, train 4, sample 4, evaluate 4: all submitted with sbatch; table1 is local
-    assert len(jobs) == 14 and all(job["JobState"] == "COMPLETED" for job in jobs)
+    # prepare 1, domain features 1, train 2, sample 2, evaluate 2: all submitted with sbatch; table1 is local
+    assert len(jobs) == 8 and all(job["JobState"] == "COMPLETED" for job in jobs)
     assert {job["Partition"] for job in jobs} == {"debug"}
 
 
 def test_failing_rule_is_reported_as_failed(cluster, tmp_path):
     workdir = make_workspace(tmp_path)
-    config = write_config(workdir, lambda c: c["evaluation"]["domain_features"].update(min_accuracy=1.0))
-    result = snakemake(workdir, cluster, "results/features/digits/domain.pt", "--profile", cluster_profile(workdir),
-                       "--configfile", config)
-    output = result.stdout + result.stderr
+    (workdir / "images").mkdir()
+    (workdir / "images" / "broken.png").write_bytes(b"not a png")
+
+    def broken_dataset(config):
+        config["datasets"]["digits"].update(source="images", extractor="inception-v3-compat", distance="lpips")
+
+    result = snakemake(workdir, cluster, "results/data/digits/meta.json", "--profile", cluster_profile(workdir),
+                       "--configfile", write_config(workdir, broken_dataset))
     assert result.returncode != 0
-    assert "Error in rule train_domain_features" in output
-    assert not (workdir / "results/features/digits/domain.pt").exists()
+    assert "Error in rule prepare_dataset" in result.stdout + result.stderr
+    assert "unreadable image images/broken.png" in (workdir / "logs/prepare_dataset/digits.log").read_text()
+    assert not (workdir / "results/data/digits/meta.json").exists()
     assert any(job["JobState"] == "FAILED" for job in finished_jobs(cluster))
 
 
@@ -112,7 +117,7 @@ def test_gpu_rule_requests_gpus_and_preemption_signal_resumes_identically(cluste
     target = "results/models/digits/p2/a/seed0/ema.pt"
 
     def long_gpu_run(config):
-        config["train"].update(steps=400, save_every=50, log_every=10, gpus=1)
+        config["train"].update(steps=250, save_every=25, log_every=5, gpus=1)
 
     local = make_workspace(tmp_path / "local")
     result = snakemake(local, os.environ, target, "--cores", "1", "--configfile", write_config(local, long_gpu_run))

@@ -112,9 +112,14 @@ def test_two_process_ddp_equals_one_process(digits8, tmp_path):
     single = load_checkpoint(tmp_path / "single" / "ema.pt")["state_dict"]
     parallel = load_checkpoint(tmp_path / "ddp" / "ema.pt")["state_dict"]
     assert single["out.2.weight"].abs().max() > 0  # zero-initialised: non-zero means both really trained
-    for key in single:
-        torch.testing.assert_close(single[key], parallel[key], rtol=1e-4, atol=1e-5)
-    assert len((tmp_path / "ddp" / "train.csv").read_text().splitlines()) == 3  # rank 0 alone wrote the log
+    # same batches, same losses (to float rounding: the gradient all-reduce sums in another order) ...
+    rows = [(tmp_path / run / "train.csv").read_text().splitlines() for run in ("single", "ddp")]
+    assert len(rows[1]) == 3  # rank 0 alone wrote the log
+    for a, b in zip(rows[0][1:], rows[1][1:]):
+        assert [float(v) for v in a.split(",")[:9]] == pytest.approx([float(v) for v in b.split(",")[:9]], rel=1e-6)
+    # ... and the same weights: Adam can turn rounding on near-zero gradients into ~lr-sized steps on a few entries
+    differences = torch.cat([(single[k] - parallel[k]).abs().flatten() for k in single])
+    assert differences.mean() < 1e-6 and differences.max() < 1e-3
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(digits8, tmp_path, monkeypatch):
