@@ -113,11 +113,15 @@ def figure3(num_timesteps: int, weightings: dict[str, tuple[str, dict]], path: s
     save_figure(fig, path)
 
 
-def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid") -> None:
-    for index, (label, rows) in enumerate(table.groupby(group, sort=False)):
+def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid", dashed=lambda label: False) -> None:
+    """One line per ``group`` value (colour by objective, the part before " / "), mean +- std over seeds."""
+    objectives = list(dict.fromkeys(str(label).split(" / ")[0] for label in table[group]))
+    for label, rows in table.groupby(group, sort=False):
         stats = rows.groupby(x)[y].agg(["mean", "std", "count"]).reset_index().sort_values(x)
-        colour = _colour(str(label), index)
-        ax.plot(stats[x], stats["mean"], "o-", ms=3, color=colour, label=f"{label} (n={int(stats['count'].max())})")
+        objective = str(label).split(" / ")[0]
+        colour = _colour(objective, objectives.index(objective))
+        ax.plot(stats[x], stats["mean"], "o--" if dashed(str(label)) else "o-", ms=3, color=colour,
+                label=f"{label} (n={int(stats['count'].max())})")
         spread = stats["std"].fillna(0)
         ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread, color=colour, alpha=0.2, lw=0)
 
@@ -137,8 +141,11 @@ def figure7(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
     """FID vs the number of sampling steps (``steps``, ``fid`` per ``objective`` and sampler kind)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     table = table.assign(series=table["objective"] + " / " + table["kind"])
-    _mean_std_lines(ax, table, "steps", "series")
+    _mean_std_lines(ax, table, "steps", "series", dashed=lambda label: label.endswith("ddim"))
     ax.set_xscale("log")
+    ticks = sorted(table["steps"].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("sampling steps")
     ax.set_ylabel(f"FID ({extractor} features)")
     ax.set_title("Fig. 7: FID vs number of sampling steps", fontsize=9)

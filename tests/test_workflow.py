@@ -59,6 +59,14 @@ def test_tiny_dag_builds_every_artifact(built):
     assert (built / "benchmarks/jobs/train/digits/p2/a/seed0.tsv").is_file()
 
 
+def test_report_holds_every_artifact(built):
+    result = snakemake(built, "--configfile", "config/test.yaml", "--report", "results/report.html", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = (built / "results/report.html").read_text(errors="replace")
+    for name in ("fig1_digits.png", "fig3_weights.png", "fig7_fid_vs_steps.png", "table1.csv", "table4.csv"):
+        assert name in html, name
+
+
 def test_second_run_does_nothing(built):
     result = snakemake(built, "-n", "--configfile", "config/test.yaml")
     assert result.returncode == 0 and planned_rules(result) == set()

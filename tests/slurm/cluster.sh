@@ -41,12 +41,15 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq slurm-wlm munge >/dev/null; }
 fi
 
-if [ -e "$system_conf" ] && ! { [ -L "$system_conf" ] && [[ "$(readlink "$system_conf")" == */slurm.conf ]] && \
-    ! [ -e "$(readlink "$system_conf")" ]; } && [ "$(readlink "$system_conf" 2>/dev/null)" != "$run/slurm.conf" ]; then
-  echo "$system_conf exists and is not this test cluster's: refusing to touch a real SLURM setup" >&2
-  exit 3
+if [ -e "$system_conf" ] || [ -L "$system_conf" ]; then
+  if [ -L "$system_conf" ] && { ! [ -e "$system_conf" ] || grep -q '^ClusterName=p2test$' "$system_conf"; }; then
+    bash "$0" stop "$(dirname "$(readlink "$system_conf")")"   # left over by an earlier test run
+  else
+    echo "$system_conf exists and is not this test cluster's: refusing to touch a real SLURM setup" >&2
+    exit 3
+  fi
 fi
-"$0" stop "$run"
+bash "$0" stop "$run"
 rm -rf "$run"
 mkdir -p "$run"/{state,spool,log,munge}
 chmod 755 "$run"
