@@ -17,6 +17,7 @@ from p2core.weighting import loss_weights, normalised, vlb_weights  # noqa: E402
 # SNR ranges of the paper's three stages
 STAGES = (("coarse", 0.0, 1e-2, "#dbe9f6"), ("content", 1e-2, 1e0, "#fde5c8"), ("clean-up", 1e0, 1e4, "#e3f1de"))
 COLOURS = {"baseline": "#1f77b4", "p2": "#d62728"}
+OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def save_figure(fig, path: str | Path) -> None:
@@ -42,7 +43,8 @@ def _shade_stages(ax, label: bool = True, invert: bool = True) -> None:
 
 
 def _colour(label: str, index: int) -> str:
-    return COLOURS.get(label, f"C{index + 2}")
+    """Baseline blue and P2 red everywhere; other series take the other colours in order."""
+    return COLOURS.get(label, OTHER_COLOURS[index % len(OTHER_COLOURS)])
 
 
 def figure1(table: pd.DataFrame, distance_name: str, dataset: str, path: str | Path) -> None:
@@ -114,12 +116,16 @@ def figure3(num_timesteps: int, weightings: dict[str, tuple[str, dict]], path: s
 
 
 def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid", dashed=lambda label: False) -> None:
-    """One line per ``group`` value (colour by objective, the part before " / "), mean +- std over seeds."""
-    objectives = list(dict.fromkeys(str(label).split(" / ")[0] for label in table[group]))
+    """One line per ``group`` value, mean +- std over seeds. The colour follows the objective's family (the part
+    of the label before " / ", without a "_cosine" suffix), so a family keeps its colour across line styles."""
+
+    def family(label) -> str:
+        return str(label).split(" / ")[0].removesuffix("_cosine")
+
+    others = [f for f in dict.fromkeys(family(label) for label in table[group]) if f not in COLOURS]
     for label, rows in table.groupby(group, sort=False):
         stats = rows.groupby(x)[y].agg(["mean", "std", "count"]).reset_index().sort_values(x)
-        objective = str(label).split(" / ")[0]
-        colour = _colour(objective, objectives.index(objective))
+        colour = _colour(family(label), others.index(family(label)) if family(label) in others else 0)
         ax.plot(stats[x], stats["mean"], "o--" if dashed(str(label)) else "o-", ms=3, color=colour,
                 label=f"{label} (n={int(stats['count'].max())})")
         spread = stats["std"].fillna(0)
@@ -127,9 +133,9 @@ def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid",
 
 
 def figure4(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
-    """FID during training (``step``, ``fid`` per ``objective``; mean +- std over seeds)."""
+    """FID during training (``step``, ``fid`` per ``objective``; mean +- std over seeds; ``*_cosine`` dashed)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    _mean_std_lines(ax, table, "step", "objective")
+    _mean_std_lines(ax, table, "step", "objective", dashed=lambda label: label.endswith("_cosine"))
     ax.set_xlabel("training step")
     ax.set_ylabel(f"FID ({extractor} features)")
     ax.set_title("Fig. 4: FID during training", fontsize=9)
