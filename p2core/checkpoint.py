@@ -10,12 +10,12 @@ Two kinds, both plain dicts tagged with ``format`` and ``kind``:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from p2core.atomic import atomic_write
 from p2core.errors import CheckpointError
 
 FORMAT = "p2core-checkpoint-v1"
@@ -23,14 +23,7 @@ FORMAT = "p2core-checkpoint-v1"
 
 def save_checkpoint(path: str | Path, kind: str, **content) -> None:
     """Write ``{"format", "kind", **content}`` to ``path`` atomically: a temp file, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save({"format": FORMAT, "kind": kind, **content}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save({"format": FORMAT, "kind": kind, **content}, handle))
 
 
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] = ("train", "ema")) -> dict:

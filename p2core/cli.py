@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from p2core.atomic import atomic_write
 from p2core.errors import P2Error
 
 
@@ -169,23 +170,13 @@ def cmd_reconstruct(args) -> None:
 
 
 def _atomic_npz(path, **arrays) -> None:
-
     import numpy as np
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _write_csv(table, path) -> None:
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.write(table.to_csv(index=False).encode()))
 
 
 def cmd_figure(args) -> None:

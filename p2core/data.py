@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 from p2core.progress import progress_bar
 
+from p2core.atomic import atomic_write
 from p2core.errors import DataError
 from p2core.seeding import generator
 
@@ -45,15 +45,6 @@ class PreparedDataset:
         return bool(self.meta.get("flip", False))
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save_prepared(folder: str | Path, images: np.ndarray, meta: dict, labels: np.ndarray | None = None) -> dict:
     """Write a prepared dataset atomically (``meta.json`` last); returns the full metadata written."""
     folder = Path(folder)
@@ -63,9 +54,9 @@ def save_prepared(folder: str | Path, images: np.ndarray, meta: dict, labels: np
     stale = folder / "meta.json"
     if stale.exists():
         stale.unlink()
-    _atomic_write(folder / "images.npy", lambda handle: np.save(handle, images))
+    atomic_write(folder / "images.npy", lambda handle: np.save(handle, images))
     if labels is not None:
-        _atomic_write(folder / "labels.npy", lambda handle: np.save(handle, labels.astype(np.int64)))
+        atomic_write(folder / "labels.npy", lambda handle: np.save(handle, labels.astype(np.int64)))
     meta = {
         **meta,
         "count": int(images.shape[0]),
@@ -74,7 +65,7 @@ def save_prepared(folder: str | Path, images: np.ndarray, meta: dict, labels: np
         "labelled": labels is not None,
         "sha256": hashlib.sha256(images.tobytes()).hexdigest(),
     }
-    _atomic_write(folder / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
+    atomic_write(folder / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
     return meta
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from p2core.atomic import atomic_write
 from p2core.errors import P2Error
 from p2core.features import DomainFeatureExtractor, file_sha256
 
@@ -185,8 +186,4 @@ def lpips_model(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, net: str = "alex"
 
 def write_json(path: str | Path, content: dict) -> None:
     """Write a JSON file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.write((json.dumps(content, indent=2) + "\n").encode()))

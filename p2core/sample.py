@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from PIL import Image
 from p2core.progress import progress_bar
 
+from p2core.atomic import atomic_write
 from p2core.checkpoint import load_checkpoint, load_weights
 from p2core.diffusion import parse_sampler
 from p2core.seeding import generator
@@ -83,19 +83,12 @@ def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    pil.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: pil.save(handle, format="PNG"))
 
 
 def save_samples(path: str | Path, images: np.ndarray) -> None:
     """Write uint8 NHWC samples to ``path`` (.npz, key ``arr_0``) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, arr_0=images)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.savez(handle, arr_0=images))
 
 
 def load_samples(path: str | Path) -> np.ndarray:

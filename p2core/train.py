@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import os
+import io
 import signal
 import threading
 import time
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from p2core.atomic import atomic_write
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import TrainingBatches, load_prepared
 from p2core.diffusion import GaussianDiffusion, create_diffusion
@@ -342,9 +343,8 @@ def _truncate_log(path: Path, step: int) -> None:
         return
     with open(path, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=LOG_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda handle: handle.write(text.getvalue().encode()))

@@ -7,7 +7,6 @@ Every snakemake call runs under `timeout -k`, so a scheduler problem fails a tes
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
