@@ -41,7 +41,8 @@ def cmd_prepare(args) -> None:
         meta = data.prepare_embedded(args.embedded, args.out, args.resolution)
     else:
         meta = data.prepare_folder(
-            args.source, args.out, args.resolution, args.name or Path(args.source).stem, args.flip, args.skip_unreadable
+            args.source, args.out, args.resolution, args.name or Path(args.source).stem, args.flip, args.skip_unreadable,
+            workers=args.workers,
         )
     print(json.dumps({k: meta[k] for k in ("count", "resolution", "channels", "flip")}))
 
@@ -61,17 +62,28 @@ def cmd_train(args) -> None:
 def cmd_sample(args) -> None:
     import torch
 
-    from p2core.sample import generate, image_grid, save_png, save_samples
+    from p2core.lock import FileLock
+    from p2core.sample import generate, image_grid, save_png
+    from p2core.shards import save_shard
 
     torch.set_num_threads(args.threads)
-    images = generate(
-        args.checkpoint, args.sampler, args.num, args.batch_size, args.seed, args.device, args.precision,
-        progress=not args.no_progress,
-    )
-    save_samples(args.out, images)
+    out = Path(args.out)
+    with FileLock(out.with_name(f".{out.name}.lock")):
+        images = generate(
+            args.checkpoint, args.sampler, args.num, args.batch_size, args.seed, args.device, args.precision,
+            progress=not args.no_progress, start=args.start,
+        )
+        save_shard(out, images, first_index=args.start)
     if args.grid:
         save_png(args.grid, image_grid(images[: args.grid_count]), scale=args.grid_scale)
-    print(f"wrote {len(images)} samples to {args.out}")
+    print(f"wrote images {args.start}..{args.start + len(images) - 1} to {out}")
+
+
+def cmd_grid(args) -> None:
+    from p2core.sample import image_grid, save_png
+    from p2core.shards import SampleShards
+
+    save_png(args.out, image_grid(SampleShards(args.samples).head(args.count)), scale=args.scale)
 
 
 def cmd_train_features(args) -> None:
@@ -90,16 +102,16 @@ def cmd_train_features(args) -> None:
 def cmd_evaluate(args) -> None:
     from p2core.data import load_prepared
     from p2core.metrics import fid_kid, write_json
-    from p2core.sample import load_samples
+    from p2core.shards import SampleShards
 
     data = load_prepared(args.data)
-    generated = load_samples(args.samples)
+    generated = SampleShards(args.samples)
     result = fid_kid(
         generated, data.images, args.extractor, reference_name=f"{data.meta.get('name', 'data')}-{data.meta['sha256'][:12]}",
         domain_weights=args.domain_weights, weights_dir=args.weights_dir, kid_subset_size=args.kid_subset_size,
         cache_dir=args.cache_dir, device=args.device,
     )
-    result.update(samples=str(args.samples), dataset_sha256=data.meta["sha256"], tags=_parse_tags(args.tag))
+    result.update(samples=[str(p) for p in args.samples], dataset_sha256=data.meta["sha256"], tags=_parse_tags(args.tag))
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor")}))
 
@@ -204,14 +216,16 @@ def cmd_figure(args) -> None:
         rows = table.merge(table4[["sampler", "kind", "steps"]].drop_duplicates(), on="sampler")
         plots.figure7(rows, table["extractor"].iloc[0], args.out)
     elif args.which == "samples":
-        from p2core.sample import image_grid, load_samples
+        from p2core.sample import image_grid
+        from p2core.shards import SampleShards
 
-        grids = {}
+        shards = {}
         for item in args.inputs:
             label, sep, path = item.partition("=")
             if not sep:
                 raise P2Error(f"samples input {item!r} must be LABEL=PATH.npz")
-            grids[label] = image_grid(load_samples(path)[: args.grid_count])
+            shards.setdefault(label, []).append(path)
+        grids = {label: image_grid(SampleShards(paths).head(args.grid_count)) for label, paths in shards.items()}
         plots.sample_comparison(grids, args.title or "samples", args.out)
 
 
@@ -251,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--name", help="dataset name recorded in meta.json")
     prepare.add_argument("--no-flip", dest="flip", action="store_false", help="horizontal flips are not valid")
     prepare.add_argument("--skip-unreadable", action="store_true", help="skip and count unreadable images")
+    prepare.add_argument("--workers", type=int, help="decoding processes (default: the CPU cores available)")
     prepare.set_defaults(run=cmd_prepare)
 
     train = commands.add_parser("train", help="train or resume a diffusion model")
@@ -266,18 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, help="ema.pt, ema_step{N}.pt or checkpoint.pt")
     sample.add_argument("--sampler", default="ddpm250", help="ddpm250, ddim25, ddpm10,10,10, ... (default ddpm250)")
     sample.add_argument("--num", type=int, required=True, help="number of images")
+    sample.add_argument("--start", type=int, default=0,
+                        help="number of the first image: draws images START..START+NUM-1 of the set (a shard)")
     sample.add_argument("--batch-size", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto")
     sample.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="auto: bf16 where the device has native bf16")
-    sample.add_argument("--out", required=True, help="output .npz (uint8 NHWC, key arr_0)")
+    sample.add_argument("--out", required=True, help="output shard .npz (uint8 NHWC, key arr_0, and first_index)")
     sample.add_argument("--grid", help="also write a PNG grid here")
     sample.add_argument("--grid-count", type=int, default=64, help="images in the grid")
     sample.add_argument("--grid-scale", type=int, default=1, help="nearest-neighbour upscaling of the grid")
     sample.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     sample.add_argument("--no-progress", action="store_true")
     sample.set_defaults(run=cmd_sample)
+
+    grid = commands.add_parser("grid", help="a PNG grid of the first images of a sample set")
+    grid.add_argument("samples", nargs="+", help="the set's shard .npz files")
+    grid.add_argument("--out", required=True, help="PNG")
+    grid.add_argument("--count", type=int, default=64, help="images in the grid")
+    grid.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling")
+    grid.set_defaults(run=cmd_grid)
 
     features = commands.add_parser("train-features", help="train the domain feature network on a labelled dataset")
     features.add_argument("--data", required=True, help="prepared, labelled dataset folder")
@@ -289,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(run=cmd_train_features)
 
     evaluate = commands.add_parser("evaluate", help="FID and KID of samples against a prepared dataset")
-    evaluate.add_argument("--samples", required=True, help=".npz of uint8 NHWC samples (key arr_0)")
+    evaluate.add_argument("--samples", required=True, nargs="+", help="the sample set's shard .npz files")
     evaluate.add_argument("--data", required=True, help="prepared reference dataset folder")
     evaluate.add_argument("--extractor", default="inception-v3-compat", choices=("inception-v3-compat", "domain"))
     evaluate.add_argument("--domain-weights", help="domain feature network checkpoint (extractor 'domain')")
@@ -327,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     figure = commands.add_parser("figure", help="draw a figure (PNG + PDF)")
     figure.add_argument("which", choices=("fig1", "fig2", "fig3", "fig4", "fig7", "samples"))
-    figure.add_argument("inputs", nargs="*", help="input files (samples: LABEL=PATH.npz)")
+    figure.add_argument("inputs", nargs="*", help="input files (samples: LABEL=PATH.npz, one per shard)")
     figure.add_argument("--out", required=True, help="PNG path; the PDF goes beside it")
     figure.add_argument("--title")
     figure.add_argument("--num-timesteps", type=int, default=1000, help="fig3")

@@ -1,11 +1,16 @@
-"""Datasets: preparation into one uint8 array file, the embedded ``digits`` set, and the training loader.
+"""Datasets: streamed preparation into one memory-mapped uint8 array file, the embedded ``digits`` set, and the
+training loader.
 
 A *prepared dataset* is a folder holding
 
-* ``images.npy``: uint8, shape (N, H, W, C), H = W = resolution;
+* ``images.npy``: uint8, shape (N, H, W, C), H = W = resolution; opened memory-mapped, never read whole;
 * ``labels.npy``: int64, shape (N,), only for labelled sets (``digits``);
 * ``meta.json``: source, count, resolution, channels, flip (whether horizontal flips are valid augmentations),
-  and the SHA-256 of ``images.npy``. It is written last, so a folder with ``meta.json`` is complete.
+  and the SHA-256 of the image bytes (C order). It is written last, so a folder with ``meta.json`` is complete.
+
+Preparing decodes images in a process pool and appends them to a preallocated ``images.npy`` in order, hashing as it
+goes: memory stays the same for 1,000 or 70,000 images. Training processes map the file and copy only each batch,
+so the ranks of one node share the page cache instead of holding a copy each.
 """
 
 from __future__ import annotations
@@ -13,28 +18,35 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import struct
 import zipfile
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
-from p2core.progress import progress_bar
 
-from p2core.atomic import atomic_write
+from p2core.atomic import atomic_write, disk_full
 from p2core.errors import DataError
+from p2core.progress import progress_bar
 from p2core.seeding import generator
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 EMBEDDED = ("digits",)
+HASH_CHUNK_BYTES = 64 << 20
 
 
 # ---------------------------------------------------------------------------------------------------- format
 @dataclass
 class PreparedDataset:
-    """A prepared dataset in memory: ``images`` (N, H, W, C) uint8, optional ``labels`` (N,), ``meta`` dict."""
+    """A prepared dataset: ``images`` (N, H, W, C) uint8 memory map, optional ``labels`` (N,), ``meta`` dict."""
 
     images: np.ndarray
     labels: np.ndarray | None
@@ -45,45 +57,155 @@ class PreparedDataset:
         return bool(self.meta.get("flip", False))
 
 
-def save_prepared(folder: str | Path, images: np.ndarray, meta: dict, labels: np.ndarray | None = None) -> dict:
-    """Write a prepared dataset atomically (``meta.json`` last); returns the full metadata written."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
-        raise DataError(f"prepared images must be uint8 (N, S, S, C), got {images.dtype} {images.shape}")
-    stale = folder / "meta.json"
-    if stale.exists():
-        stale.unlink()
-    atomic_write(folder / "images.npy", lambda handle: np.save(handle, images))
+def _npy_header(shape: tuple[int, ...], length: int | None = None) -> bytes:
+    """An ``.npy`` (version 1.0) header for a C-order uint8 array of ``shape``, padded to ``length`` bytes (default:
+    the format's 64-byte alignment), so a header can be rewritten in place for a smaller shape."""
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
+    length = length or -(-(10 + len(text) + 1) // 64) * 64
+    if 10 + len(text) + 1 > length:
+        raise ValueError(f"shape {shape} does not fit a {length}-byte header")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", length - 10) + (text + " " * (length - 11 - len(text)) + "\n").encode()
+
+
+class ImageArrayWriter:
+    """Writes uint8 (H, W, C) images, in order, into a new ``images.npy`` without holding them in memory.
+
+    The file is created beside ``path`` for ``capacity`` images (space reserved up front, so a too-small disk fails
+    at once), filled by :meth:`append`, hashed as it goes, shrunk to the images written by :meth:`finish` and renamed
+    into place by :meth:`commit`. Used as a context manager, an exception removes the partial file. A full disk is one
+    :class:`~p2core.errors.DiskFull` line.
+    """
+
+    def __init__(self, path: str | Path, capacity: int, image_shape: tuple[int, int, int]):
+        self.path = Path(path)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.capacity = capacity
+        self.count = 0
+        self.sha256 = hashlib.sha256()
+        self._header = _npy_header((capacity, *self.image_shape))
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._tmp, "wb")
+        with self._disk_full_as_error():
+            self._file.write(self._header)
+            self._reserve(len(self._header) + capacity * int(np.prod(self.image_shape)))
+
+    def __enter__(self) -> "ImageArrayWriter":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None:
+            self.abort()
+
+    @contextmanager
+    def _disk_full_as_error(self):
+        try:
+            yield
+        except OSError as exc:
+            full = disk_full(self.path, exc)
+            if full is None:
+                raise
+            self.abort()
+            raise full from None
+
+    def _reserve(self, size: int) -> None:
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, size)
+        except OSError as exc:
+            if disk_full(self.path, exc):
+                raise
+            os.truncate(self._file.fileno(), size)  # file systems without fallocate (some NFS): a sparse file
+
+    def append(self, images: np.ndarray) -> None:
+        """Write uint8 (n, H, W, C) ``images`` after those already written."""
+        if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.image_shape:
+            raise DataError(f"prepared images must be uint8 (N, {', '.join(map(str, self.image_shape))}), "
+                            f"got {images.dtype} {images.shape}")
+        if self.count + len(images) > self.capacity:
+            raise ValueError(f"more than the {self.capacity} images this writer was made for")
+        data = np.ascontiguousarray(images).data
+        with self._disk_full_as_error():
+            self._file.write(data)
+        self.sha256.update(data)
+        self.count += len(images)
+
+    def finish(self) -> str:
+        """Shrink the file to the images written and make it durable; returns the SHA-256 of the images."""
+        with self._disk_full_as_error():
+            if self.count < self.capacity:
+                self._file.seek(0)
+                self._file.write(_npy_header((self.count, *self.image_shape), len(self._header)))
+                self._file.truncate(len(self._header) + self.count * int(np.prod(self.image_shape)))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        return self.sha256.hexdigest()
+
+    def commit(self) -> None:
+        """Rename the finished file to ``path`` (replacing an older one only now)."""
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and remove the unfinished file (nothing after :meth:`commit`)."""
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def _commit_prepared(folder: Path, writer: ImageArrayWriter, meta: dict, labels: np.ndarray | None) -> dict:
+    """Put finished images in place, then the labels, then (last, so the folder reads as complete only now)
+    ``meta.json``. Until the old ``meta.json`` is dropped here, a failed preparation leaves the previous dataset
+    usable. Returns the metadata written."""
+    (folder / "meta.json").unlink(missing_ok=True)
+    writer.commit()
     if labels is not None:
         atomic_write(folder / "labels.npy", lambda handle: np.save(handle, labels.astype(np.int64)))
-    meta = {
-        **meta,
-        "count": int(images.shape[0]),
-        "resolution": int(images.shape[1]),
-        "channels": int(images.shape[3]),
-        "labelled": labels is not None,
-        "sha256": hashlib.sha256(images.tobytes()).hexdigest(),
-    }
+    height, width, channels = writer.image_shape
+    meta = {**meta, "count": writer.count, "resolution": height, "channels": channels, "labelled": labels is not None,
+            "sha256": writer.sha256.hexdigest()}
     atomic_write(folder / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
     return meta
 
 
+def save_prepared(folder: str | Path, images: np.ndarray, meta: dict, labels: np.ndarray | None = None) -> dict:
+    """Write an in-memory dataset (uint8 (N, S, S, C)) as a prepared dataset; returns the full metadata written."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
+        raise DataError(f"prepared images must be uint8 (N, S, S, C), got {images.dtype} {images.shape}")
+    folder = Path(folder)
+    with ImageArrayWriter(folder / "images.npy", len(images), images.shape[1:]) as writer:
+        for start in range(0, len(images), 1024):
+            writer.append(images[start : start + 1024])
+        writer.finish()
+        return _commit_prepared(folder, writer, meta, labels)
+
+
 def load_prepared(folder: str | Path, verify: bool = False) -> PreparedDataset:
-    """Read a prepared dataset; ``verify`` re-hashes the images against ``meta.json``."""
+    """Open a prepared dataset, its images memory-mapped; ``verify`` re-hashes them (in chunks) against ``meta.json``."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         raise DataError(f"{folder} is not a prepared dataset (no meta.json); run `p2core prepare` first")
     meta = json.loads(meta_path.read_text())
     try:
-        images = np.load(folder / "images.npy")
+        images = np.load(folder / "images.npy", mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder / 'images.npy'} is unreadable ({exc}); prepare the dataset again") from None
-    if verify and hashlib.sha256(images.tobytes()).hexdigest() != meta["sha256"]:
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != meta.get("count"):
+        raise DataError(f"{folder / 'images.npy'} holds {images.dtype} {images.shape}, not the {meta.get('count')} "
+                        "images meta.json describes; prepare the dataset again")
+    if verify and array_sha256(images) != meta["sha256"]:
         raise DataError(f"{folder / 'images.npy'} does not match the hash in meta.json; prepare it again")
     labels = np.load(folder / "labels.npy") if meta.get("labelled") else None
     return PreparedDataset(images, labels, meta)
+
+
+def array_sha256(images: np.ndarray) -> str:
+    """SHA-256 of an array's bytes in C order, read in chunks of about 64 MB (a memory map is never loaded whole)."""
+    digest = hashlib.sha256()
+    per_chunk = max(1, HASH_CHUNK_BYTES // max(1, images[0].nbytes if len(images) else 1))
+    for start in range(0, len(images), per_chunk):
+        digest.update(np.ascontiguousarray(images[start : start + per_chunk]).data)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- embedded data
@@ -126,58 +248,101 @@ def center_crop_resize(image: Image.Image, resolution: int) -> np.ndarray:
     return array[top : top + resolution, left : left + resolution]
 
 
-def _image_sources(source: Path) -> Iterator[tuple[str, callable]]:
-    """Yield ``(name, open)`` for every image under a folder (recursive) or inside a zip, sorted by name."""
+def _image_sources(source: Path) -> list[tuple[str, str | None]]:
+    """``(path, zip member or None)`` of every image under a folder (recursive) or inside a zip, sorted by name."""
     if zipfile.is_zipfile(source):
-        archive = zipfile.ZipFile(source)
-        names = sorted(n for n in archive.namelist() if n.lower().endswith(IMAGE_EXTENSIONS))
-        for name in names:
-            yield f"{source}:{name}", lambda name=name: io.BytesIO(archive.read(name))
-    else:
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        for path in paths:
-            yield str(path), lambda path=path: open(path, "rb")
+        with zipfile.ZipFile(source) as archive:
+            names = sorted(n for n in archive.namelist() if n.lower().endswith(IMAGE_EXTENSIONS))
+        return [(str(source), name) for name in names]
+    paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return [(str(path), None) for path in paths]
 
 
-def read_image_folder(
-    source: str | Path, resolution: int, skip_unreadable: bool = False, progress: bool = True
-) -> tuple[np.ndarray, dict]:
-    """Load every png/jpg/jpeg/webp under ``source`` (folder or zip) as uint8 (N, resolution, resolution, 3).
+_open_archives: dict[str, zipfile.ZipFile] = {}  # per process: each pool worker opens a zip once
 
-    An unreadable image raises :class:`DataError` naming it, unless ``skip_unreadable`` (then it is counted in the
-    returned stats). An image whose short side is below ``resolution`` is an error: upsampling would fake detail.
+
+def _decode(item: tuple[str, str | None], resolution: int) -> tuple[str, np.ndarray | str]:
+    """Decode one image to uint8 (resolution, resolution, 3): ``("ok", array)``, ``("unreadable", reason)`` or
+    ``("small", "WxH")``. Runs in pool workers, so it returns problems instead of raising them."""
+    path, member = item
+    try:
+        if member is None:
+            handle = open(path, "rb")
+        else:
+            archive = _open_archives.get(path) or _open_archives.setdefault(path, zipfile.ZipFile(path))
+            handle = io.BytesIO(archive.read(member))
+        with handle:
+            image = Image.open(handle)
+            image.load()
+    except Exception as exc:  # PIL raises several types for truncated or foreign files
+        return "unreadable", str(exc)
+    if min(image.size) < resolution:
+        return "small", f"{image.size[0]}x{image.size[1]}"
+    return "ok", center_crop_resize(image, resolution)
+
+
+def _ordered_map(function: Callable, items: list, workers: int) -> Iterator:
+    """``map(function, items)`` over a pool of ``workers`` processes, in order, with at most ``4 * workers`` results
+    in flight (memory bounded whatever the number of items)."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    pool = ProcessPoolExecutor(workers)
+    try:
+        queued, pending = iter(items), deque()
+        for item in queued:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def default_workers() -> int:
+    """Decoding processes: the CPU cores this process may use (a SLURM allocation's, not the node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def prepare_folder(
+    source: str | Path, folder: str | Path, resolution: int, name: str, flip: bool = True, skip_unreadable: bool = False,
+    workers: int | None = None, progress: bool = True,
+) -> dict:
+    """Prepare every png/jpg/jpeg/webp under ``source`` (a folder, searched recursively, or a zip) into ``folder``.
+
+    Images are centre-cropped and resized (:func:`center_crop_resize`) by ``workers`` processes (default: the cores
+    available) and streamed into ``images.npy`` in name order. An unreadable image raises :class:`DataError` naming
+    it, unless ``skip_unreadable`` (then it is counted in the metadata). An image whose short side is below
+    ``resolution`` is an error: upsampling would fake detail. Returns the metadata written.
     """
     source = Path(source)
     if not source.exists():
         raise DataError(f"dataset path {source} does not exist; put the images there or fix data path in the config")
-    sources = list(_image_sources(source))
+    sources = _image_sources(source)
     if not sources:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {source}")
-    images, skipped = [], []
-    for name, opener in progress_bar(sources, desc=f"preparing {source.name}", disable=not progress, unit="img"):
-        try:
-            with opener() as handle:
-                image = Image.open(handle)
-                image.load()
-        except Exception as exc:  # PIL raises several types for truncated or foreign files
-            if not skip_unreadable:
-                raise DataError(f"unreadable image {name} ({exc}); fix or remove it, or set skip_unreadable") from None
-            skipped.append(name)
-            continue
-        if min(image.size) < resolution:
-            raise DataError(f"image {name} is {image.size[0]}x{image.size[1]}, smaller than the target {resolution} px")
-        images.append(center_crop_resize(image, resolution))
-    if not images:
-        raise DataError(f"all {len(sources)} images under {source} were unreadable")
-    return np.stack(images), {"found": len(sources), "skipped": len(skipped), "skipped_files": skipped[:20]}
 
-
-def prepare_folder(
-    source: str | Path, folder: str | Path, resolution: int, name: str, flip: bool = True, skip_unreadable: bool = False
-) -> dict:
-    """Prepare a user image folder or zip into ``folder``."""
-    images, stats = read_image_folder(source, resolution, skip_unreadable)
-    return save_prepared(folder, images, {"name": name, "source": str(source), "flip": flip, **stats})
+    folder, skipped = Path(folder), []
+    decoded = _ordered_map(partial(_decode, resolution=resolution), sources, workers or default_workers())
+    bar = progress_bar(decoded, total=len(sources), desc=f"preparing {source.name}", disable=not progress, unit="img")
+    with ImageArrayWriter(folder / "images.npy", len(sources), (resolution, resolution, 3)) as writer:
+        for (path, member), (status, value) in zip(sources, bar):
+            label = f"{path}:{member}" if member else path
+            if status == "small":
+                raise DataError(f"image {label} is {value}, smaller than the target {resolution} px")
+            if status == "unreadable":
+                if not skip_unreadable:
+                    raise DataError(f"unreadable image {label} ({value}); fix or remove it, or set skip_unreadable")
+                skipped.append(label)
+                continue
+            writer.append(value[None])
+        if writer.count == 0:
+            raise DataError(f"all {len(sources)} images under {source} were unreadable")
+        writer.finish()
+        meta = {"name": name, "source": str(source), "flip": flip, "found": len(sources), "skipped": len(skipped),
+                "skipped_files": skipped[:20]}
+        return _commit_prepared(folder, writer, meta, None)
 
 
 # ---------------------------------------------------------------------------------------------- training loader
@@ -191,7 +356,7 @@ class TrainingBatches:
     def __init__(self, images: np.ndarray, batch_size: int, seed: int, flip: bool):
         if len(images) == 0:
             raise DataError("cannot train on an empty dataset")
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, C, H, W) uint8
+        self.images = images  # uint8 (N, H, W, C), typically a memory map: only each batch is copied out
         self.batch_size = batch_size
         self.seed = seed
         self.flip = flip
@@ -210,8 +375,9 @@ class TrainingBatches:
         return torch.stack([self._permutation(p // n)[p % n] for p in positions])
 
     def batch(self, step: int, gen: torch.Generator) -> torch.Tensor:
-        """Images of the batch at ``step`` in [-1, 1], flipped at random (from ``gen``) when enabled."""
-        x = self.images[self.indices(step)].float() / 127.5 - 1.0
+        """Images of the batch at ``step`` in [-1, 1], (B, C, H, W), flipped at random (from ``gen``) when enabled."""
+        pixels = np.asarray(self.images[self.indices(step).numpy()])  # a copy of just this batch
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         if self.flip:
             flips = torch.rand(len(x), generator=gen) < 0.5
             x = torch.where(flips[:, None, None, None], x.flip(-1), x)

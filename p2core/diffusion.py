@@ -18,18 +18,17 @@ Timesteps ``t`` are indices into *this* process (``0 .. num_timesteps-1``); a re
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from p2core.progress import progress_bar
-from p2core.respace import respaced_betas, space_timesteps
+from p2core.respace import SAMPLERS, respaced_betas, space_timesteps
 from p2core.schedule import ScheduleTerms, make_betas
 from p2core.weighting import loss_weights
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SAMPLERS = ("ddpm", "ddim")
 
 
 class GaussianDiffusion:
@@ -181,14 +180,15 @@ class GaussianDiffusion:
         sampler: str = "ddpm",
         eta: float = 0.0,
         clip_denoised: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         device: torch.device | str = "cpu",
         progress: bool = False,
     ) -> torch.Tensor:
         """Draw samples of ``shape`` (B, C, H, W) in [-1, 1] by running the reverse process of *this* process.
 
         ``sampler``: ``"ddpm"`` (ancestral) or ``"ddim"`` (with ``eta``; 0 is deterministic). Respace first with
-        :meth:`respaced` for fewer steps. Noise comes from ``generator`` (on ``device``), so a seed fixes the output.
+        :meth:`respaced` for fewer steps. Noise comes from ``generator`` (on ``device``), so a seed fixes the output;
+        a list of ``B`` generators gives each image its own stream (see :func:`gaussian_noise`).
         """
         final = None
         for final in self.sample_progressive(model, shape, sampler, eta, clip_denoised, generator, device, progress):
@@ -202,13 +202,13 @@ class GaussianDiffusion:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         step = self._ddpm_step if sampler == "ddpm" else self._ddim_step
-        x = torch.randn(shape, generator=generator, device=device)
+        x = gaussian_noise(shape, generator, device)
         steps = range(self.num_timesteps - 1, -1, -1)
         if progress:
             steps = progress_bar(steps, desc=f"{sampler} {self.num_timesteps} steps", leave=False)
         for i in steps:
             t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            noise = torch.randn(shape, generator=generator, device=device)
+            noise = gaussian_noise(shape, generator, device)
             out = self.p_mean_variance(self._call_model(model, x, t).float(), x, t, clip_denoised)
             x = step(out, x, t, noise, eta, last=(i == 0))
             yield x
@@ -227,6 +227,17 @@ class GaussianDiffusion:
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         mean = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
         return mean if last else mean + sigma * noise
+
+
+def gaussian_noise(shape: tuple[int, ...], generator=None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal noise of ``shape`` (B, ...). ``generator``: one ``torch.Generator`` for the whole batch, or a
+    sequence of ``B`` generators, image ``b`` drawn from the ``b``-th alone, so an image's noise does not depend on
+    which other images share its batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generator])
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -269,19 +280,3 @@ def create_diffusion(
 ) -> GaussianDiffusion:
     """A :class:`GaussianDiffusion` from plain settings (what run specs and checkpoints store)."""
     return GaussianDiffusion(make_betas(schedule, num_timesteps), weighting, weighting_params, learn_sigma)
-
-
-def parse_sampler(name: str) -> tuple[str, str]:
-    """Split a sampler name into ``(kind, respacing spec)``.
-
-    ``"ddpm250"`` -> ancestral on 250 evenly spaced steps; ``"ddpm10,10,10"`` -> ancestral on sections;
-    ``"ddim25"`` -> DDIM (eta 0) on ADM's stride spacing with exactly 25 steps; ``"ddim10,20"`` -> DDIM on sections;
-    a bare ``"ddpm"``/``"ddim"`` uses every step.
-    """
-    for kind in SAMPLERS:
-        if name.startswith(kind):
-            spec = name[len(kind):]
-            if kind == "ddim" and spec.isdigit():
-                spec = f"ddim{spec}"
-            return kind, spec
-    raise ValueError(f"bad sampler name {name!r}: expected 'ddpm<spec>' or 'ddim<spec>', e.g. ddpm250, ddim25")

@@ -15,3 +15,11 @@ class DataError(P2Error):
 
 class TrainingDiverged(P2Error):
     """The training loss became NaN or infinite."""
+
+
+class DiskFull(P2Error):
+    """The file system ran out of space (or quota) while writing a result; the previous file is intact."""
+
+
+class Locked(P2Error):
+    """Another live process holds the lock on a run folder or sample shard."""

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from p2core.atomic import atomic_write
 from p2core.errors import P2Error
 from p2core.features import DomainFeatureExtractor, file_sha256
+from p2core.shards import SampleShards
 
 INCEPTION = "inception-v3-compat"
 DOMAIN = "domain"
@@ -44,7 +45,8 @@ _register_domain_extractor()
 
 
 class UInt8Images(Dataset):
-    """uint8 NHWC array -> torch-fidelity's input: uint8 (C, H, W) tensors, greyscale repeated to RGB if asked."""
+    """uint8 NHWC images (array, memory map or :class:`~p2core.shards.SampleShards`) -> torch-fidelity's input:
+    uint8 (C, H, W) tensors, one at a time, greyscale repeated to RGB if asked."""
 
     def __init__(self, images: np.ndarray, rgb: bool):
         self.images = images
@@ -112,7 +114,7 @@ def check_kid_subset(kid_subset_size: int, n_generated: int, n_reference: int) -
 
 
 def fid_kid(
-    generated: np.ndarray,
+    generated: np.ndarray | SampleShards,
     reference: np.ndarray,
     extractor: str = INCEPTION,
     reference_name: str = "reference",
@@ -124,6 +126,8 @@ def fid_kid(
     device: str = "auto",
 ) -> dict:
     """FID and KID of uint8 NHWC ``generated`` images against ``reference`` images.
+
+    Both are read image by image (an array, a memory map, or the shards of a sample set), never copied whole.
 
     Returns a JSON-ready dict: ``fid``, ``kid_mean``, ``kid_std``, ``extractor``, ``extractor_weights``,
     ``extractor_weights_sha256``, ``n_generated``, ``n_reference``, ``kid_subset_size``, ``comparable_to_inception``.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+SAMPLERS = ("ddpm", "ddim")  # ancestral and DDIM, both run on a respaced process
+
 
 def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]:
     """Timesteps of the original process to keep, as ADM chooses them.
@@ -71,3 +73,25 @@ def respaced_betas(alphas_cumprod: np.ndarray, kept_timesteps: set[int]) -> tupl
     kept = np.asarray(alphas_cumprod, dtype=np.float64)[timestep_map]
     previous = np.append(1.0, kept[:-1])
     return 1.0 - kept / previous, timestep_map
+
+
+def parse_sampler(name: str) -> tuple[str, str]:
+    """Split a sampler name into ``(kind, respacing spec)``.
+
+    ``"ddpm250"`` -> ancestral on 250 evenly spaced steps; ``"ddpm10,10,10"`` -> ancestral on sections;
+    ``"ddim25"`` -> DDIM (eta 0) on ADM's stride spacing with exactly 25 steps; ``"ddim10,20"`` -> DDIM on sections;
+    a bare ``"ddpm"``/``"ddim"`` uses every step.
+    """
+    for kind in SAMPLERS:
+        if name.startswith(kind):
+            spec = name[len(kind):]
+            if kind == "ddim" and spec.isdigit():
+                spec = f"ddim{spec}"
+            return kind, spec
+    raise ValueError(f"bad sampler name {name!r}: expected 'ddpm<spec>' or 'ddim<spec>', e.g. ddpm250, ddim25")
+
+
+def sampler_steps(name: str, num_timesteps: int) -> int:
+    """Model evaluations of one image drawn with sampler ``name`` on a ``num_timesteps`` process."""
+    _, spec = parse_sampler(name)
+    return len(space_timesteps(num_timesteps, spec)) if spec else num_timesteps

@@ -1,4 +1,6 @@
-"""Drawing samples from a trained checkpoint into ``.npz`` (uint8 NHWC, key ``arr_0`` as ADM) and a PNG grid."""
+"""Drawing samples from a trained checkpoint (image ``i`` seeded by ``(seed, i)``) and PNG grids of them.
+
+Shard files are :mod:`p2core.shards`."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from p2core.progress import progress_bar
 
 from p2core.atomic import atomic_write
 from p2core.checkpoint import load_checkpoint, load_weights
-from p2core.diffusion import parse_sampler
+from p2core.errors import P2Error
+from p2core.progress import progress_bar
+from p2core.respace import parse_sampler
 from p2core.seeding import generator
 from p2core.train import build, pick_device, resolve_precision
 
@@ -41,12 +44,17 @@ def generate(
     precision: str = "fp32",
     clip_denoised: bool = True,
     progress: bool = True,
+    start: int = 0,
 ) -> np.ndarray:
-    """Draw ``num_samples`` images from a checkpoint's EMA weights; uint8 (N, H, W, C).
+    """Draw images ``start .. start+num_samples-1`` of a sample set from a checkpoint's EMA weights; uint8 (N, H, W, C).
 
-    ``sampler`` as :func:`p2core.diffusion.parse_sampler` reads it (``ddpm250``, ``ddim25``, ...). Batch ``i`` uses
-    noise seeded by ``(seed, i)``: the same seed and batch size give the same images.
+    ``sampler`` as :func:`p2core.respace.parse_sampler` reads it (``ddpm250``, ``ddim25``, ...). Image ``i`` draws
+    its initial noise and every step's noise from its own generator seeded by ``(seed, i)``: it depends only on
+    (checkpoint, sampler, seed, ``i``), never on the batch size or on how the set is split into shards (bit for bit
+    on the CPU in fp32), and every checkpoint sees the same noise for the same ``i``.
     """
+    if num_samples < 1 or start < 0:
+        raise P2Error(f"need num_samples >= 1 and start >= 0, got {num_samples} and {start}")
     device = pick_device(device)
     model, diffusion, state = load_ema_model(checkpoint, device)
     kind, spec = parse_sampler(sampler)
@@ -56,13 +64,17 @@ def generate(
     precision = resolve_precision(precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     batches = []
-    for index in progress_bar(range(math.ceil(num_samples / batch_size)), desc=f"sample {sampler}", disable=not progress):
-        count = min(batch_size, num_samples - index * batch_size)
-        gen = generator(seed, "sample", index, device=device)
+    bar = progress_bar(total=num_samples, desc=f"sample {sampler} images {start}..{start + num_samples - 1}",
+                       disable=not progress, unit="img")
+    for first in range(start, start + num_samples, batch_size):
+        numbers = range(first, min(first + batch_size, start + num_samples))
+        generators = [generator(seed, "sample", i, device=device) for i in numbers]
         with autocast:
-            x = process.sample(model, (count, channels, size, size), kind, clip_denoised=clip_denoised,
-                               generator=gen, device=device)
+            x = process.sample(model, (len(numbers), channels, size, size), kind, clip_denoised=clip_denoised,
+                               generator=generators, device=device)
         batches.append(to_uint8(x))
+        bar.update(len(numbers))
+    bar.close()
     return np.concatenate(batches)
 
 
@@ -84,14 +96,3 @@ def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
     atomic_write(path, lambda handle: pil.save(handle, format="PNG"))
-
-
-def save_samples(path: str | Path, images: np.ndarray) -> None:
-    """Write uint8 NHWC samples to ``path`` (.npz, key ``arr_0``) atomically."""
-    atomic_write(path, lambda handle: np.savez(handle, arr_0=images))
-
-
-def load_samples(path: str | Path) -> np.ndarray:
-    """uint8 (N, H, W, C) samples from an ADM-style ``.npz``."""
-    with np.load(path) as archive:
-        return archive["arr_0"]

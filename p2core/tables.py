@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from p2core.diffusion import parse_sampler
-from p2core.respace import space_timesteps
+from p2core.respace import parse_sampler, sampler_steps
 
 LITERATURE_COLUMNS = ("model", "dataset", "fid", "source")
 
@@ -76,8 +75,7 @@ def table2(ours: pd.DataFrame, literature: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _sampler_steps(sampler: str, num_timesteps: int) -> tuple[str, int]:
-    kind, spec = parse_sampler(sampler)
-    return kind, (len(space_timesteps(int(num_timesteps), spec)) if spec else int(num_timesteps))
+    return parse_sampler(sampler)[0], sampler_steps(sampler, int(num_timesteps))
 
 
 def _with_gain(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

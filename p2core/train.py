@@ -13,6 +13,7 @@ Every random draw of step ``s`` (batch, flips, timesteps, noise, dropout) is see
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -32,6 +33,7 @@ from p2core.data import TrainingBatches, load_prepared
 from p2core.diffusion import GaussianDiffusion, create_diffusion
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
+from p2core.lock import FileLock
 from p2core.progress import progress_bar
 from p2core.seeding import derived_seed, generator
 from p2core.unet import create_model
@@ -46,7 +48,10 @@ class TrainSpec:
 
     ``model``: :func:`p2core.unet.create_model` arguments (``image_size``/``in_channels`` default to the data's);
     ``diffusion``: :func:`p2core.diffusion.create_diffusion` arguments (schedule, weighting, ...);
-    ``steps``: optimizer updates; ``batch_size``: images per update; ``lr``: AdamW learning rate (constant);
+    ``steps``: optimizer updates; ``batch_size``: images per update (global, over all processes);
+    ``microbatch``: images per forward/backward pass in each process (gradients accumulate over the microbatches of
+    an update, so a large batch fits a small GPU; ``None``: the process's whole share at once);
+    ``lr``: AdamW learning rate (constant);
     ``ema_rate``: EMA decay per update; ``save_every``/``log_every``: in updates;
     ``snapshot_steps``: updates after which the EMA weights are kept as ``ema_step{N}.pt``;
     ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the GPU or CPU has native bf16, else
@@ -57,6 +62,7 @@ class TrainSpec:
     diffusion: dict
     steps: int
     batch_size: int
+    microbatch: int | None = None
     lr: float = 1e-4
     weight_decay: float = 0.0
     ema_rate: float = 0.9999
@@ -73,11 +79,14 @@ class TrainSpec:
                 setattr(self, name, float(getattr(self, name)))
             for name in ("steps", "batch_size", "seed", "save_every", "log_every"):
                 setattr(self, name, int(getattr(self, name)))
+            self.microbatch = None if self.microbatch is None else int(self.microbatch)
         except (TypeError, ValueError) as exc:
             raise P2Error(f"bad training spec: {exc}") from None
         problems = []
         if self.steps < 1 or self.batch_size < 1:
             problems.append("steps and batch_size must be >= 1")
+        if self.microbatch is not None and self.microbatch < 1:
+            problems.append(f"microbatch must be >= 1 (or absent), got {self.microbatch}")
         if self.save_every < 1 or self.log_every < 1:
             problems.append("save_every and log_every must be >= 1")
         if not 0 <= self.ema_rate < 1:
@@ -169,12 +178,16 @@ def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device:
     """Train (or resume) a run into ``out_dir``; returns the path of the final ``ema.pt``.
 
     Under ``torchrun`` with several processes the global ``batch_size`` is split across them (see
-    :mod:`p2core.distributed`); rank 0 writes every file.
+    :mod:`p2core.distributed`); rank 0 writes every file. Rank 0 holds ``out_dir/.train.lock`` while it runs: a
+    second ``train`` on the same folder (a duplicated requeue) exits with :class:`~p2core.errors.Locked`.
     """
     out_dir = Path(out_dir)
     ranks, device = init_from_environment(pick_device(device))
     try:
-        return _train(spec, data_folder, out_dir, device, ranks, progress and ranks.is_main)
+        with FileLock(out_dir / ".train.lock") if ranks.is_main else contextlib.nullcontext():
+            if ranks.is_main:
+                print(f"training {out_dir} with {ranks.world} process(es) on {device}", flush=True)
+            return _train(spec, data_folder, out_dir, device, ranks, progress and ranks.is_main)
     finally:
         shutdown(ranks)
 
@@ -217,13 +230,16 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
             torch.manual_seed(derived_seed(spec.seed, "step", step))  # dropout
             x, noise = (v[local].to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in (x, noise))
             t = t[local].to(device, non_blocking=True)
-            with autocast:
-                losses = diffusion.training_losses(network, x, t, noise)
             optimizer.zero_grad(set_to_none=True)
-            losses["loss"].mean().backward()
+            for part, last in _microbatches(len(t), spec.microbatch):
+                # gradients accumulate; DDP averages them over processes once, in the last microbatch's backward
+                with network.no_sync() if ranks.world > 1 and not last else contextlib.nullcontext():
+                    with autocast:
+                        losses = diffusion.training_losses(network, x[part], t[part], noise[part])
+                    (losses["loss"].sum() / len(t)).backward()
+                stats.add(losses, t[part])
             optimizer.step()
             _update_ema(ema, model, spec.ema_rate)
-            stats.add(losses, t)
 
             done = step + 1
             bar.update(1)
@@ -249,6 +265,12 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
     save("ema.pt", "ema", state_dict=ema.state_dict(), step=spec.steps)
     ranks.barrier()
     return out_dir / "ema.pt"
+
+
+def _microbatches(count: int, size: int | None) -> list[tuple[slice, bool]]:
+    """``(slice, is_last)`` of consecutive parts of ``count`` samples with at most ``size`` each (one part if None)."""
+    size = size or count
+    return [(slice(lo, min(lo + size, count)), lo + size >= count) for lo in range(0, count, size)]
 
 
 def _resume(path: Path, resolved: dict, model, ema, optimizer) -> int:

@@ -1,4 +1,5 @@
 import json
+import subprocess
 import zipfile
 
 import numpy as np
@@ -7,8 +8,8 @@ import torch
 from PIL import Image
 
 from p2core.data import (TrainingBatches, center_crop_resize, digits, load_prepared, prepare_embedded, prepare_folder,
-                         read_image_folder, save_prepared)
-from p2core.errors import DataError
+                         save_prepared)
+from p2core.errors import DataError, DiskFull
 from p2core.seeding import generator
 
 
@@ -60,30 +61,70 @@ def test_folder_and_zip_preparation(tmp_path):
     for i, ext in enumerate(("png", "jpg", "jpeg", "webp")):
         write_image(tmp_path / "imgs" / f"sub{i}" / f"im{i}.{ext}", (40 + i, 48), (10 * i, 100, 200))
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
-    meta = prepare_folder(tmp_path / "imgs", tmp_path / "prepared", 16, "toy")
+    meta = prepare_folder(tmp_path / "imgs", tmp_path / "prepared", 16, "toy", workers=1, progress=False)
     assert meta["count"] == 4 and meta["channels"] == 3 and meta["flip"]
     with zipfile.ZipFile(tmp_path / "imgs.zip", "w") as archive:
         for path in sorted((tmp_path / "imgs").rglob("*.*")):
             archive.write(path, path.relative_to(tmp_path / "imgs"))
-    from_zip, _ = read_image_folder(tmp_path / "imgs.zip", 16, progress=False)
-    np.testing.assert_array_equal(from_zip, load_prepared(tmp_path / "prepared").images)
+    zipped = prepare_folder(tmp_path / "imgs.zip", tmp_path / "from_zip", 16, "toy", workers=2, progress=False)
+    assert zipped["sha256"] == meta["sha256"]
+    loaded = load_prepared(tmp_path / "prepared", verify=True)
+    assert isinstance(loaded.images, np.memmap) and loaded.images.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(load_prepared(tmp_path / "from_zip").images, loaded.images)
+
+
+def test_pool_preparation_streams_in_name_order_and_skips(tmp_path):
+    """Four worker processes give the serial result byte for byte; skipped images shrink the array file."""
+    colours = np.random.default_rng(1).integers(0, 256, (23, 3))
+    for i, colour in enumerate(colours):
+        write_image(tmp_path / "imgs" / f"{i:03d}.png", (20, 24), tuple(int(c) for c in colour))
+    (tmp_path / "imgs" / "005.png").write_bytes(b"broken")
+    serial = prepare_folder(tmp_path / "imgs", tmp_path / "a", 8, "x", skip_unreadable=True, workers=1, progress=False)
+    pooled = prepare_folder(tmp_path / "imgs", tmp_path / "b", 8, "x", skip_unreadable=True, workers=4, progress=False)
+    assert serial["sha256"] == pooled["sha256"] and pooled["count"] == 22 and pooled["skipped"] == 1
+    images = load_prepared(tmp_path / "b", verify=True).images
+    assert images.shape == (22, 8, 8, 3)
+    np.testing.assert_array_equal(images[5, 4, 4], colours[6])  # 005 skipped: 006 moved up
+    assert not list((tmp_path / "b").glob(".*tmp*"))
+
+
+def test_full_disk_is_one_error_and_keeps_the_old_dataset(tmp_path):
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        write_image(tmp_path / "imgs" / "a.png", (40, 40))
+        prepare_folder(tmp_path / "imgs", mount / "data", 16, "x", workers=1, progress=False)
+        for i in range(30):
+            write_image(tmp_path / "imgs" / f"b{i}.png", (400, 400))
+        with pytest.raises(DiskFull, match=r"no space left writing .*images.npy"):
+            prepare_folder(tmp_path / "imgs", mount / "data", 160, "x", workers=1, progress=False)
+        assert not list((mount / "data").glob(".*tmp*"))
+        assert load_prepared(mount / "data", verify=True).meta["count"] == 1  # the earlier dataset is untouched
+    finally:
+        subprocess.run(["umount", str(mount)])
 
 
 def test_corrupt_empty_missing_and_small_inputs(tmp_path):
+    def prepare(name, **options):
+        return prepare_folder(tmp_path / name, tmp_path / "out", 16, "x", workers=1, progress=False, **options)
+
     write_image(tmp_path / "ok" / "a.png", (32, 32))
     (tmp_path / "ok" / "b.png").write_bytes((tmp_path / "ok" / "a.png").read_bytes()[:40])  # truncated
     with pytest.raises(DataError, match="unreadable image .*b.png"):
-        read_image_folder(tmp_path / "ok", 16, progress=False)
-    images, stats = read_image_folder(tmp_path / "ok", 16, skip_unreadable=True, progress=False)
-    assert len(images) == 1 and stats["skipped"] == 1
+        prepare("ok")
+    assert not (tmp_path / "out" / "meta.json").exists() and not list((tmp_path / "out").glob(".*tmp*"))
+    meta = prepare("ok", skip_unreadable=True)
+    assert meta["count"] == 1 and meta["skipped"] == 1
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images"):
-        read_image_folder(tmp_path / "empty", 16, progress=False)
+        prepare("empty")
     with pytest.raises(DataError, match="does not exist"):
-        read_image_folder(tmp_path / "nowhere", 16, progress=False)
+        prepare("nowhere")
     write_image(tmp_path / "small" / "a.png", (12, 30))
     with pytest.raises(DataError, match="12x30, smaller than the target 16"):
-        read_image_folder(tmp_path / "small", 16, progress=False)
+        prepare("small")
 
 
 def test_training_batches_are_seeded_by_step_and_cover_each_epoch(rng):

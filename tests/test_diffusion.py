@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from p2core.diffusion import GaussianDiffusion, create_diffusion, normal_kl, parse_sampler
+from p2core.diffusion import GaussianDiffusion, create_diffusion, normal_kl
+from p2core.respace import parse_sampler
 from p2core.schedule import make_betas
 from p2core.weighting import loss_weights
 

@@ -1,8 +1,13 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from conftest import tiny_spec
-from p2core.sample import generate, image_grid, load_samples, save_samples
+from p2core.errors import DataError
+from p2core.sample import generate, image_grid
+from p2core.shards import SampleShards, open_shard, save_shard
 from p2core.train import TrainSpec, train
 
 
@@ -21,15 +26,64 @@ def test_same_seed_same_images(checkpoint):
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm6", "ddim4"])
+def test_shards_of_any_size_and_batch_equal_one_run(checkpoint, sampler):
+    """Image i depends only on (checkpoint, sampler, seed, i): shards 0-2, 3, 4-8 drawn with batch sizes 2, 1 and 4
+    concatenate to the 9-image run drawn in one batch, bit for bit."""
+    whole = generate(checkpoint, sampler, 9, batch_size=9, seed=3, progress=False)
+    parts = [generate(checkpoint, sampler, num, batch_size=batch, seed=3, start=start, progress=False)
+             for start, num, batch in ((0, 3, 2), (3, 1, 1), (4, 5, 4))]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert len({image.tobytes() for image in whole}) == 9  # every image has its own noise
+
+
 def test_ancestral_respaced_and_full(checkpoint):
     assert generate(checkpoint, "ddpm10", 2, progress=False).shape == (2, 8, 8, 1)
     assert generate(checkpoint, "ddpm5,5", 2, progress=False).shape == (2, 8, 8, 1)
 
 
-def test_npz_round_trip_and_grid(tmp_path):
+def test_shard_files_are_adm_npz_read_memory_mapped_in_order(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    for name, lo, hi in (("shard1.npz", 3, 7), ("shard0.npz", 0, 3)):
+        save_shard(tmp_path / name, images[lo:hi], first_index=lo)
+    with np.load(tmp_path / "shard1.npz") as archive:  # what ADM's evaluator reads
+        np.testing.assert_array_equal(archive["arr_0"], images[3:])
+    mapped, first = open_shard(tmp_path / "shard1.npz")
+    assert isinstance(mapped, np.memmap) and first == 3
+    shards = SampleShards([tmp_path / "shard1.npz", tmp_path / "shard0.npz"])
+    assert len(shards) == 7 and shards.shape == (7, 4, 4, 3)
+    np.testing.assert_array_equal(np.stack([shards[i] for i in range(7)]), images)
+    np.testing.assert_array_equal(shards.head(5), images[:5])
+    save_shard(tmp_path / "late.npz", images[5:], first_index=5)
+    with pytest.raises(DataError, match="late.npz starts at image 5, expected 3: shards missing or overlapping"):
+        SampleShards([tmp_path / "shard0.npz", tmp_path / "late.npz"])
+
+
+def test_corrupt_shard_is_one_line_naming_it(tmp_path):
+    images = np.zeros((6, 4, 4, 1), dtype=np.uint8)
+    save_shard(tmp_path / "shard0.npz", images)
+    data = (tmp_path / "shard0.npz").read_bytes()
+    (tmp_path / "shard0.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"sample shard .*shard0.npz is unreadable"):
+        SampleShards([tmp_path / "shard0.npz"])
+    result = subprocess.run([sys.executable, "-m", "p2core", "grid", str(tmp_path / "shard0.npz"),
+                             "--out", str(tmp_path / "grid.png")], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "shard0.npz is unreadable" in result.stderr
+
+
+def test_second_writer_of_a_shard_is_refused(checkpoint, tmp_path):
+    from p2core.lock import FileLock
+
+    out = tmp_path / "shard0.npz"
+    with FileLock(tmp_path / ".shard0.npz.lock"):
+        result = subprocess.run([sys.executable, "-m", "p2core", "sample", "--checkpoint", str(checkpoint), "--sampler",
+                                 "ddim2", "--num", "2", "--out", str(out), "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 2 and "is in use by pid" in result.stderr and not out.exists()
+
+
+def test_grid():
     images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
-    save_samples(tmp_path / "s.npz", images)
-    np.testing.assert_array_equal(load_samples(tmp_path / "s.npz"), images)
     grid = image_grid(images, columns=3, pad=1)
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
     np.testing.assert_array_equal(grid[1:5, 6:10], images[1])

@@ -102,10 +102,12 @@ def test_preemption_signal_checkpoints_exits_and_resumes_identically(digits8, re
 
 
 def test_two_process_ddp_equals_one_process(digits8, tmp_path):
-    spec = json.dumps(tiny_spec(steps=12, batch_size=8, save_every=6, log_every=6))
-    assert train_process(digits8, tmp_path / "single", spec).wait(timeout=300) == 0
+    """Two ranks, each accumulating its 4 images in microbatches of 2, follow one process with the batch of 8."""
+    spec = tiny_spec(steps=12, batch_size=8, save_every=6, log_every=6)
+    assert train_process(digits8, tmp_path / "single", json.dumps(spec)).wait(timeout=300) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    ddp = train_process(digits8, tmp_path / "ddp", spec, stderr=subprocess.PIPE, launcher=torchrun)
+    ddp = train_process(digits8, tmp_path / "ddp", json.dumps({**spec, "microbatch": 2}), stderr=subprocess.PIPE,
+                        launcher=torchrun)
     _, stderr = ddp.communicate(timeout=300)
     assert ddp.returncode == 0, stderr[-3000:]
     single = load_checkpoint(tmp_path / "single" / "ema.pt")["state_dict"]
@@ -119,6 +121,53 @@ def test_two_process_ddp_equals_one_process(digits8, tmp_path):
     # ... and the same weights: Adam can turn rounding on near-zero gradients into ~lr-sized steps on a few entries
     differences = torch.cat([(single[k] - parallel[k]).abs().flatten() for k in single])
     assert differences.mean() < 1e-6 and differences.max() < 1e-3
+
+
+def test_microbatches_accumulate_to_the_full_batch_update(digits8, tmp_path):
+    runs = {}
+    for name, microbatch in (("full", None), ("micro", 3)):  # 8 images as microbatches of 3, 3 and 2
+        train(TrainSpec.from_dict(tiny_spec(steps=2, log_every=1, microbatch=microbatch)), digits8, tmp_path / name,
+              progress=False)
+        runs[name] = load_checkpoint(tmp_path / name / "checkpoint.pt")
+    assert runs["micro"]["spec"]["microbatch"] == 3  # recorded, so a resume with other settings is refused
+    rows = [(tmp_path / name / "train.csv").read_text().splitlines()[1:] for name in runs]
+    for a, b in zip(*rows):
+        assert [float(v) for v in a.split(",")[:9]] == pytest.approx([float(v) for v in b.split(",")[:9]], rel=1e-6)
+    moments = [runs[name]["optimizer"]["state"][0]["exp_avg"] for name in runs]  # (1 - beta1) x the gradients
+    torch.testing.assert_close(moments[1], moments[0], rtol=1e-5, atol=1e-9)
+    with pytest.raises(CheckpointError, match=r"different settings \(microbatch\)"):
+        train(TrainSpec.from_dict(tiny_spec(steps=3, microbatch=4)), digits8, tmp_path / "micro", progress=False)
+
+
+def test_second_writer_of_a_run_folder_exits_naming_the_holder(digits8, tmp_path):
+    first = train_process(digits8, tmp_path)
+    wait_for_progress(tmp_path, 0)
+    second = run_cli("train", "--data", str(digits8), "--out", str(tmp_path), "--spec", RESUME_SPEC, "--no-progress")
+    first.kill()
+    first.wait()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"is in use by pid {first.pid} on" in second.stderr and second.stderr.count("\n") == 1
+    # the killed holder left its lock behind: a new run sees the pid is gone, takes it over and finishes
+    assert (tmp_path / ".train.lock").exists()
+    assert train_process(digits8, tmp_path).wait(timeout=300) == 0
+    assert not (tmp_path / ".train.lock").exists()
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(digits8, tmp_path):
+    out = tmp_path / "disk"
+    out.mkdir()
+    # room for one 13 MB checkpoint (and the EMA snapshot) but not for a second one written beside it
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(out)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        result = run_cli("train", "--data", str(digits8), "--out", str(out), "--no-progress",
+                         "--spec", json.dumps(tiny_spec(steps=4, save_every=2)))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().endswith("earlier files are intact)") and result.stderr.count("\n") == 1
+        assert f"no space left writing {out}/checkpoint.pt" in result.stderr
+        assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    finally:
+        subprocess.run(["umount", str(out)])
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(digits8, tmp_path, monkeypatch):

@@ -75,11 +75,12 @@ def test_second_run_does_nothing(built):
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("plots.py", {"figure1", "figure2", "figure3", "figure4", "figure7", "sample_figure", "all"}),
+        ("plots.py", {"figure1", "figure2", "figure3", "figure4", "figure7", "sample_figure", "sample_grid", "all"}),
         ("tables.py", {"table1", "table2", "table3", "table4", "figure4", "figure7", "figure3", "figure1", "figure2",
-                       "sample_figure", "all"}),
+                       "sample_figure", "sample_grid", "all"}),
         ("diffusion.py", {"train", "sample", "evaluate", "reconstructions", "distance_vs_snr", "table1", "table2",
-                          "table3", "table4", "figure1", "figure2", "figure4", "figure7", "sample_figure", "all"}),
+                          "table3", "table4", "figure1", "figure2", "figure4", "figure7", "sample_figure", "sample_grid",
+                          "all"}),
     ],
 )
 def test_code_edits_rerun_exactly_the_dependent_rules(built, module, expected):
@@ -111,6 +112,7 @@ def write_config(workdir: Path, change) -> str:
                                                   distance="lpips"), "data/nowhere does not exist"),
         (lambda c: c["evaluation"].update(kid_subset_size=1000), "kid_subset_size: 1000 is larger than sampling.num_samples 24"),
         (lambda c: c["table1"].update(objectives=["baseline", "p3"]), "table1.objectives names objective 'p3'"),
+        (lambda c: c["sampling"].update(shard_size=0), "sampling.shard_size: 0 is less than the minimum of 1"),
     ],
 )
 def test_bad_configs_are_one_clear_line(tmp_path, change, message):
@@ -140,3 +142,6 @@ def test_paper_config_resolves_the_full_dag(tmp_path):
     # Table 1: 6 datasets x 2 objectives; Table 3 adds archs b-e x 2; Figure 4 adds the 2 cosine runs
     assert counts["train"] == 12 + 8 + 2
     assert counts["prepare_dataset"] == 6 and "train_domain_features" not in counts
+    # sampling fans out: every sample set is 20 shard jobs of 500 images (at least five per metrics file)
+    assert counts["sample"] == 20 * counts["evaluate"] and counts["sample"] >= 5 * counts["evaluate"]
+

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from snakemake.settings.types import DeploymentMethod
 
 ROOT = Path(workflow.basedir).parent
 P2CORE_DIR = ROOT / "p2core"
+sys.path.insert(0, str(ROOT))
+from p2core.respace import sampler_steps  # noqa: E402  (numpy only: keeps torch out of the DAG's start-up)
 
 
 # ------------------------------------------------------------------------------------------ config validation
@@ -100,10 +103,10 @@ CODE = {
     "data": code_hash("data"),
     "features": code_hash("features", "data", "seeding", "checkpoint"),
     "train": code_hash("schedule", "weighting", "diffusion", "unet", "train", "data", "seeding", "checkpoint"),
-    "sample": code_hash("schedule", "respace", "diffusion", "unet", "sample", "seeding", "checkpoint"),
-    "evaluate": code_hash("metrics", "features"),
+    "sample": code_hash("schedule", "respace", "diffusion", "unet", "sample", "seeding", "checkpoint", "shards", "train"),
+    "evaluate": code_hash("metrics", "features", "shards"),
     "analysis": code_hash("analysis", "schedule", "diffusion", "features", "metrics", "seeding"),
-    "figures": code_hash("plots", "tables", "schedule", "weighting"),
+    "figures": code_hash("plots", "tables", "schedule", "weighting", "shards", "sample"),
     "tables": code_hash("tables", "respace"),
 }
 
@@ -178,9 +181,34 @@ def metrics_file(dataset, objective, arch, seed, ckpt="final", sampler=None):
     return f"results/metrics/{run_path(dataset, objective, arch, seed)}/{ckpt}/{sampler}.json"
 
 
-def samples_file(dataset, objective, arch, seed, ckpt="final", sampler=None):
+def samples_dir(dataset, objective, arch, seed, ckpt="final", sampler=None):
     sampler = sampler or config["sampling"]["sampler"]
-    return f"results/samples/{run_path(dataset, objective, arch, seed)}/{ckpt}/{sampler}/samples.npz"
+    return f"results/samples/{run_path(dataset, objective, arch, seed)}/{ckpt}/{sampler}"
+
+
+# ----------------------------------------------------------------------------------------- sample shards
+NUM_SAMPLES = config["sampling"]["num_samples"]
+SHARD_SIZE = config["sampling"].get("shard_size", NUM_SAMPLES)
+
+
+def shard_range(shard):
+    """(first image, number of images) of shard ``shard`` of every sample set."""
+    start = int(shard) * SHARD_SIZE
+    return start, min(SHARD_SIZE, NUM_SAMPLES - start)
+
+
+def sample_shards(dataset, objective, arch, seed, ckpt="final", sampler=None):
+    """The shard files of one sample set, in image order."""
+    folder = samples_dir(dataset, objective, arch, seed, ckpt, sampler)
+    return [f"{folder}/shard{k}.npz" for k in range(math.ceil(NUM_SAMPLES / SHARD_SIZE))]
+
+
+def sample_runtime(wildcards):
+    """Minutes for one shard job: ``sampling.runtime_min`` is sized for ``sampling.sampler``; other samplers (Table 4)
+    get it scaled by their number of model evaluations per image (at least 10 minutes)."""
+    num_timesteps = config.get("num_timesteps", 1000)
+    ratio = sampler_steps(wildcards.sampler, num_timesteps) / sampler_steps(config["sampling"]["sampler"], num_timesteps)
+    return max(10, math.ceil(config["sampling"].get("runtime_min", 60) * ratio))
 
 
 def section(name):
@@ -220,7 +248,7 @@ def figure4_metrics(wildcards=None):
 
 def sample_figure_inputs(wildcards):
     sec = config["sample_figures"][wildcards.fig]
-    return {o: samples_file(sec["dataset"], o, default_arch(sec), sec.get("seed", config["seeds"][0]))
+    return {o: sample_shards(sec["dataset"], o, default_arch(sec), sec.get("seed", config["seeds"][0]))
             for o in sec["objectives"]}
 
 
@@ -278,4 +306,7 @@ def all_artifacts():
     if "figure4" in config:
         targets.append("results/figures/fig4_fid_during_training.png")
     targets += [f"results/figures/{fig}_samples.png" for fig in config.get("sample_figures", {})]
+    sec = section("table1")
+    targets += [f"{samples_dir(d, o, default_arch(sec), s)}/grid.png" for d in sec["datasets"] for o in sec["objectives"]
+                for s in config["seeds"]]
     return targets

@@ -1,7 +1,8 @@
 rule evaluate:
-    """FID and KID of one sample set against the prepared real images (extractor from the dataset's config)."""
+    """FID and KID of one sample set (read from its shards) against the prepared real images (extractor from the
+    dataset's config)."""
     input:
-        samples="results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/samples.npz",
+        samples=lambda w: sample_shards(w.dataset, w.objective, w.arch, w.seed, w.ckpt, w.sampler),
         data="results/data/{dataset}/meta.json",
         domain=domain_weights,
     output:

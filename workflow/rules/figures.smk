@@ -80,7 +80,7 @@ rule sample_figure:
         report("results/figures/{fig}_samples.png", caption="../report/samples.rst", category="Figures",
                labels={"figure": "{fig}"}),
     params:
-        panels=lambda w, input: " ".join(shlex.quote(f"{label}={path}") for label, path in input.items()),
+        panels=lambda w, input: " ".join(shlex.quote(f"{label}={path}") for label, paths in input.items() for path in paths),
         title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
         code=CODE["figures"],
     wildcard_constraints:

@@ -1,14 +1,18 @@
 rule sample:
-    """Samples from a run's EMA weights (final or a training snapshot) with a named sampler; same seed everywhere."""
+    """One shard of a sample set: images START..START+N-1 from a run's EMA weights (final or a training snapshot).
+
+    Image i depends only on (checkpoint, sampler, seed, i), so shards are independent jobs, each retried on its own,
+    and a finished shard is never drawn again. Same seed for every model: Figures 5 and 6 compare like with like.
+    """
     input:
         # the run's final ema.pt, written after every snapshot: the snapshot named by {ckpt} exists once it does
         "results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
     output:
-        samples="results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/samples.npz",
-        grid="results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/grid.png",
+        "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.npz",
     params:
         checkpoint=checkpoint_file,
-        num=config["sampling"]["num_samples"],
+        start=lambda w: shard_range(w.shard)[0],
+        num=lambda w: shard_range(w.shard)[1],
         batch_size=config["sampling"].get("batch_size", 64),
         seed=config["sampling"].get("seed", 0),
         precision=config["sampling"].get("precision", "fp32"),
@@ -16,13 +20,31 @@ rule sample:
     threads: config["sampling"].get("threads", 1)
     resources:
         gpu=config["sampling"].get("gpus", 0),
+        mem_mb=config["sampling"].get("mem_mb", 4000),
+        runtime=sample_runtime,
     conda:
         "../envs/p2.yaml"
     log:
-        "logs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
+        "logs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.log",
     benchmark:
-        "benchmarks/jobs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.tsv"
+        "benchmarks/jobs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.tsv"
     shell:
-        "python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --num {params.num}"
-        " --batch-size {params.batch_size} --seed {params.seed} --precision {params.precision} --threads {threads}"
-        " --out {output.samples} --grid {output.grid} --grid-scale 4 > {log} 2>&1"
+        "python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
+        " --num {params.num} --batch-size {params.batch_size} --seed {params.seed} --precision {params.precision}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule sample_grid:
+    """A PNG grid of the first images of a sample set (Table 1's runs, for a quick look)."""
+    input:
+        lambda w: sample_shards(w.dataset, w.objective, w.arch, w.seed, w.ckpt, w.sampler),
+    output:
+        "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/grid.png",
+    params:
+        code=CODE["figures"],
+    conda:
+        "../envs/p2.yaml"
+    log:
+        "logs/sample_grid/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
+    shell:
+        "python -m p2core grid {input} --count 64 --scale 4 --out {output} > {log} 2>&1"
