@@ -208,6 +208,8 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
     start = _resume(out_dir / "checkpoint.pt", resolved, model, ema, optimizer)
     if ranks.is_main:
         _truncate_log(out_dir / "train.csv", start)
+        if start:
+            print(f"resuming from the checkpoint of step {start}", flush=True)
     network = model if ranks.world == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)

@@ -110,22 +110,23 @@ def test_failing_rule_is_reported_as_failed(cluster, tmp_path):
     assert any(job["JobState"] == "FAILED" for job in finished_jobs(cluster))
 
 
-def test_gpu_rule_requests_gpus_and_preemption_signal_resumes_identically(cluster, tmp_path):
-    """A training run asking for a GPU is submitted with --gpus; `scancel --signal=USR1` mid-run makes it checkpoint
-    and exit, the retry resumes, and the weights equal a local uninterrupted run's."""
+def test_two_gpu_training_runs_torchrun_once_and_resumes_after_sigterm(cluster, tmp_path):
+    """`train.gpus: 2` is one SLURM job with two GPUs and one task, whose single torchrun starts two ranks (gloo on the
+    CPU). `scancel --signal=TERM` mid-run makes the ranks checkpoint and exit; the retry resumes from that checkpoint,
+    and the final weights equal a local two-process run's."""
     target = "results/models/digits/p2/a/seed0/ema.pt"
 
-    def long_gpu_run(config):
-        config["train"].update(steps=250, save_every=25, log_every=5, gpus=1)
+    def two_gpu_run(config):
+        config["train"].update(steps=250, save_every=25, log_every=5, gpus=2)
 
     local = make_workspace(tmp_path / "local")
-    result = snakemake(local, os.environ, target, "--cores", "1", "--configfile", write_config(local, long_gpu_run))
+    result = snakemake(local, os.environ, target, "--cores", "2", "--configfile", write_config(local, two_gpu_run))
     assert result.returncode == 0, result.stderr[-3000:]
 
     remote = make_workspace(tmp_path / "remote")
     process = subprocess.Popen(
         ["timeout", "-k", "10", "600", sys.executable, "-m", "snakemake", target, "--profile",
-         cluster_profile(remote, retries=2), "--configfile", write_config(remote, long_gpu_run)],
+         cluster_profile(remote, retries=2), "--configfile", write_config(remote, two_gpu_run)],
         cwd=remote, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = remote / "results/models/digits/p2/a/seed0/train.csv"
     deadline = time.time() + 300
@@ -133,12 +134,17 @@ def test_gpu_rule_requests_gpus_and_preemption_signal_resumes_identically(cluste
         time.sleep(0.2)
     running = [j for j in finished_jobs(cluster) if j["JobState"] == "RUNNING"]
     assert len(running) == 1, running
-    assert "gres:gpu:1" in running[0].get("TresPerJob", "") + running[0].get("TresPerNode", "")
-    subprocess.run(["scancel", "--signal=USR1", running[0]["JobId"]], env=cluster, check=True)
+    job = running[0]
+    assert re.search(r"gpu[:=]2", job.get("TresPerJob", "") + job.get("TresPerNode", "")), job
+    assert job["NumTasks"] == "1", job
+    subprocess.run(["scancel", "--signal=TERM", job["JobId"]], env=cluster, check=True)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-4000:]
-    states = [j["JobState"] for j in finished_jobs(cluster) if int(j["JobId"]) >= int(running[0]["JobId"])]
+    states = [j["JobState"] for j in finished_jobs(cluster) if int(j["JobId"]) >= int(job["JobId"])]
     assert "FAILED" in states and states.count("COMPLETED") >= 1  # stopped once, then resumed by the retry
+    train_log = (remote / "logs/train/digits/p2/a/seed0.log").read_text()  # the retry's log
+    assert train_log.count("with 2 process(es)") == 1, train_log[-3000:]  # torchrun ran once, with two ranks
+    assert re.search(r"resuming from the checkpoint of step [1-9]", train_log), train_log[-3000:]
     a = torch.load(local / target, weights_only=True)["state_dict"]
     b = torch.load(remote / target, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,7 +5,8 @@
 #   tests/slurm/cluster.sh start [RUN_DIR]   # install (apt, once), configure and start; prints SLURM_CONF=...
 #   tests/slurm/cluster.sh stop  [RUN_DIR]   # stop exactly the daemons started here (by PID file)
 #
-# Needs root and apt. The node offers one fake GPU (gres backed by /dev/null) so GPU requests can be scheduled.
+# Needs root and apt. The node offers two fake GPUs (GRES backed by /dev/null and /dev/zero) so GPU requests, multi-GPU
+# ones included, can be scheduled; the jobs themselves run on the CPU.
 # Snakemake's SLURM job step drops SLURM_CONF from the environment of its inner srun, so /etc/slurm/slurm.conf must
 # point at this cluster: it is created as a link (never over an existing file) and removed again by stop.
 # Exit code 3: this machine already has a SLURM configuration of its own; nothing was changed.
@@ -88,11 +89,12 @@ ReturnToService=2
 MinJobAge=600
 DefMemPerCPU=1000
 GresTypes=gpu
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory Gres=gpu:1 State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
 cat > "$run/gres.conf" <<CONF
 NodeName=$node Name=gpu File=/dev/null
+NodeName=$node Name=gpu File=/dev/zero
 CONF
 mkdir -p /etc/slurm
 ln -sfn "$run/slurm.conf" "$system_conf"

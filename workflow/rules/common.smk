@@ -143,8 +143,8 @@ def train_spec(wildcards):
         },
         "seed": int(wildcards.seed),
     }
-    keys = ("steps", "batch_size", "lr", "weight_decay", "ema_rate", "save_every", "log_every", "snapshot_steps",
-            "precision", "channels_last")
+    keys = ("steps", "batch_size", "microbatch", "lr", "weight_decay", "ema_rate", "save_every", "log_every",
+            "snapshot_steps", "precision", "channels_last")
     spec.update({key: settings[key] for key in keys if key in settings})
     return json.dumps(spec, sort_keys=True)
 
