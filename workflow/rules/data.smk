@@ -13,6 +13,7 @@ rule prepare_dataset:
         ),
         resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
         code=CODE["data"],
+    threads: 8  # decoding processes (fewer when snakemake has fewer cores)
     conda:
         "../envs/p2.yaml"
     log:
@@ -20,7 +21,8 @@ rule prepare_dataset:
     benchmark:
         "benchmarks/jobs/prepare_dataset/{dataset}.tsv"
     shell:
-        "python -m p2core prepare {params.source} --resolution {params.resolution} --out results/data/{wildcards.dataset} > {log} 2>&1"
+        "python -m p2core prepare {params.source} --resolution {params.resolution} --workers {threads}"
+        " --out results/data/{wildcards.dataset} > {log} 2>&1"
 
 
 rule train_domain_features:
