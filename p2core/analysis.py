@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from p2core.diffusion import GaussianDiffusion
+from p2core.atomic import atomic_write, atomic_write_text
+from p2core.restore import load_ema_model
+from p2core.data import load_prepared
+from p2core.device import pick_device
+from p2core.diffusion import GaussianDiffusion, create_diffusion
+from p2core.errors import P2Error
+from p2core.features import domain_distance, load_domain_classifier
+from p2core.metrics import lpips_model
 from p2core.sample import to_uint8
 from p2core.seeding import generator
 
@@ -80,3 +88,50 @@ def reconstructions(
         noisy.append(to_uint8(x_t.clamp(-1, 1)))
         predicted.append(to_uint8(out["pred_xstart"]))
     return np.stack(noisy), np.stack(predicted)
+
+
+def perceptual_distance(kind: str, weights_dir: str | Path, domain_weights: str | Path | None = None
+                        ) -> tuple[Distance, str]:
+    """Figure 1's distance and its label: ``lpips`` (AlexNet LPIPS, greyscale repeated to RGB) or ``domain`` (the
+    domain classifier's normalised feature distance, for data LPIPS cannot judge)."""
+    if kind == "lpips":
+        model = lpips_model(weights_dir)
+
+        def distance(a, b):
+            if a.shape[1] == 1:
+                a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
+            return model(a, b).flatten()
+
+        return distance, "LPIPS (AlexNet)"
+    if kind == "domain":
+        classifier, _ = load_domain_classifier(domain_weights)
+        return (lambda a, b: domain_distance(classifier, a, b)), "domain-feature distance (not LPIPS)"
+    raise P2Error(f"unknown distance {kind!r}; choose lpips or domain")
+
+
+def write_distance_vs_snr(data_folder: str | Path, out: str | Path, distance: str, weights_dir: str | Path,
+                          domain_weights: str | Path | None = None, schedule: str = "linear",
+                          num_timesteps: int = 1000, points: int = 25, pairs: int = 128, seed: int = 0) -> pd.DataFrame:
+    """Figure 1's data for a prepared dataset as a CSV (:func:`distance_vs_snr` plus ``dataset`` and ``distance``)."""
+    data = load_prepared(data_folder)
+    measure, label = perceptual_distance(distance, weights_dir, domain_weights)
+    table = distance_vs_snr(data.images, create_diffusion(schedule, num_timesteps), measure,
+                            evenly_spaced_timesteps(num_timesteps, points), num_pairs=pairs, seed=seed)
+    table.insert(0, "distance", label)
+    table.insert(0, "dataset", data.meta.get("name"))
+    atomic_write_text(out, table.to_csv(index=False))
+    return table
+
+
+def write_reconstructions(checkpoint: str | Path, data_folder: str | Path, out: str | Path, num_images: int = 4,
+                          points: int = 8, seed: int = 0, device: str = "auto") -> None:
+    """Figure 2's data as ``.npz``: ``num_images`` seeded dataset images at ``points`` timesteps (``noisy``,
+    ``predicted`` uint8 (points, N, H, W, C), ``timesteps``, ``snr``)."""
+    device = pick_device(device)
+    model, diffusion, _ = load_ema_model(checkpoint, device)
+    data = load_prepared(data_folder)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(data.images), num_images, replace=False))
+    timesteps = evenly_spaced_timesteps(diffusion.num_timesteps, points)
+    noisy, predicted = reconstructions(model, diffusion, data.images[chosen], timesteps, seed, device)
+    arrays = dict(noisy=noisy, predicted=predicted, timesteps=np.array(timesteps), snr=diffusion.terms.snr[timesteps])
+    atomic_write(out, lambda handle: np.savez(handle, **arrays))

@@ -65,3 +65,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text (CSV, JSON, Markdown)."""
+    return atomic_write(path, lambda handle: handle.write(text.encode()))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import yaml
 
-from p2core.atomic import atomic_write
 from p2core.errors import P2Error
 
 
@@ -48,13 +47,13 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from p2core.train import TrainSpec, train
-
     import torch
 
+    from p2core.train import TrainSpec, train
+
     torch.set_num_threads(args.threads)
-    spec = TrainSpec.from_dict(_load_spec(args.spec))
-    final = train(spec, args.data, args.out, device=args.device, progress=not args.no_progress)
+    final = train(TrainSpec.from_dict(_load_spec(args.spec)), args.data, args.out, device=args.device,
+                  progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {final}")
 
@@ -62,28 +61,18 @@ def cmd_train(args) -> None:
 def cmd_sample(args) -> None:
     import torch
 
-    from p2core.lock import FileLock
-    from p2core.sample import generate, image_grid, save_png
-    from p2core.shards import save_shard
+    from p2core.sample import draw_shard
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    with FileLock(out.with_name(f".{out.name}.lock")):
-        images = generate(
-            args.checkpoint, args.sampler, args.num, args.batch_size, args.seed, args.device, args.precision,
-            progress=not args.no_progress, start=args.start,
-        )
-        save_shard(out, images, first_index=args.start)
-    if args.grid:
-        save_png(args.grid, image_grid(images[: args.grid_count]), scale=args.grid_scale)
-    print(f"wrote images {args.start}..{args.start + len(images) - 1} to {out}")
+    images = draw_shard(args.checkpoint, args.sampler, args.out, args.start, args.num, args.batch_size, args.seed,
+                        args.device, args.precision, progress=not args.no_progress)
+    print(f"wrote images {args.start}..{args.start + len(images) - 1} to {args.out}")
 
 
 def cmd_grid(args) -> None:
-    from p2core.sample import image_grid, save_png
-    from p2core.shards import SampleShards
+    from p2core.grids import save_sample_grid
 
-    save_png(args.out, image_grid(SampleShards(args.samples).head(args.count)), scale=args.scale)
+    save_sample_grid(args.samples, args.out, args.count, args.scale)
 
 
 def cmd_train_features(args) -> None:
@@ -92,27 +81,17 @@ def cmd_train_features(args) -> None:
 
     data = load_prepared(args.data)
     result = train_domain_classifier(data.images, data.labels, args.out, epochs=args.epochs, seed=args.seed,
-                                     progress=not args.no_progress)
+                                     min_accuracy=args.min_accuracy, progress=not args.no_progress)
     print(json.dumps(result))
-    if result["heldout_accuracy"] < args.min_accuracy:
-        raise P2Error(f"domain classifier reached only {result['heldout_accuracy']:.3f} held-out accuracy "
-                      f"(< {args.min_accuracy}); its features would make a poor metric")
 
 
 def cmd_evaluate(args) -> None:
-    from p2core.data import load_prepared
-    from p2core.metrics import fid_kid, write_json
-    from p2core.shards import SampleShards
+    from p2core.metrics import evaluate_samples
 
-    data = load_prepared(args.data)
-    generated = SampleShards(args.samples)
-    result = fid_kid(
-        generated, data.images, args.extractor, reference_name=f"{data.meta.get('name', 'data')}-{data.meta['sha256'][:12]}",
-        domain_weights=args.domain_weights, weights_dir=args.weights_dir, kid_subset_size=args.kid_subset_size,
-        cache_dir=args.cache_dir, device=args.device,
+    result = evaluate_samples(
+        args.samples, args.data, args.out, args.extractor, args.domain_weights, args.weights_dir, args.kid_subset_size,
+        args.cache_dir, args.device, tags=_parse_tags(args.tag),
     )
-    result.update(samples=[str(p) for p in args.samples], dataset_sha256=data.meta["sha256"], tags=_parse_tags(args.tag))
-    write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor")}))
 
 
@@ -130,119 +109,30 @@ def _parse_tags(pairs: list[str]) -> dict:
 def cmd_distance_vs_snr(args) -> None:
     import torch
 
-    from p2core.analysis import distance_vs_snr, evenly_spaced_timesteps
-    from p2core.data import load_prepared
-    from p2core.diffusion import create_diffusion
-
-    data = load_prepared(args.data)
-    diffusion = create_diffusion(args.schedule, args.num_timesteps)
-    if args.distance == "lpips":
-        from p2core.metrics import lpips_model
-
-        model = lpips_model(args.weights_dir)
-        label = "LPIPS (AlexNet)"
-
-        def distance(a, b):
-            if a.shape[1] == 1:
-                a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
-            return model(a, b).flatten()
-    else:
-        from p2core.features import domain_distance, load_domain_classifier
-
-        classifier, _ = load_domain_classifier(args.domain_weights)
-        label = "domain-feature distance (not LPIPS)"
-
-        def distance(a, b):
-            return domain_distance(classifier, a, b)
+    from p2core.analysis import write_distance_vs_snr
 
     torch.set_num_threads(args.threads)
-    table = distance_vs_snr(data.images, diffusion, distance, evenly_spaced_timesteps(args.num_timesteps, args.points),
-                            num_pairs=args.pairs, seed=args.seed)
-    table.insert(0, "distance", label)
-    table.insert(0, "dataset", data.meta.get("name"))
-    _write_csv(table, args.out)
+    write_distance_vs_snr(args.data, args.out, args.distance, args.weights_dir, args.domain_weights, args.schedule,
+                          args.num_timesteps, args.points, args.pairs, args.seed)
 
 
 def cmd_reconstruct(args) -> None:
-    import numpy as np
+    from p2core.analysis import write_reconstructions
 
-    from p2core.analysis import evenly_spaced_timesteps, reconstructions
-    from p2core.data import load_prepared
-    from p2core.sample import load_ema_model
-    from p2core.train import pick_device
-
-    device = pick_device(args.device)
-    model, diffusion, _ = load_ema_model(args.checkpoint, device)
-    data = load_prepared(args.data)
-    chosen = np.random.default_rng(args.seed).choice(len(data.images), args.num_images, replace=False)
-    timesteps = evenly_spaced_timesteps(diffusion.num_timesteps, args.points)
-    noisy, predicted = reconstructions(model, diffusion, data.images[np.sort(chosen)], timesteps, args.seed, device)
-    _atomic_npz(args.out, noisy=noisy, predicted=predicted, timesteps=np.array(timesteps),
-                snr=diffusion.terms.snr[timesteps])
-
-
-def _atomic_npz(path, **arrays) -> None:
-    import numpy as np
-
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
-
-
-def _write_csv(table, path) -> None:
-    atomic_write(path, lambda handle: handle.write(table.to_csv(index=False).encode()))
+    write_reconstructions(args.checkpoint, args.data, args.out, args.num_images, args.points, args.seed, args.device)
 
 
 def cmd_figure(args) -> None:
-    import numpy as np
-    import pandas as pd
+    from p2core.plots import draw
 
-    from p2core import plots, tables
-
-    if args.which == "fig1":
-        table = pd.read_csv(args.inputs[0])
-        plots.figure1(table, table["distance"].iloc[0], table["dataset"].iloc[0], args.out)
-    elif args.which == "fig2":
-        with np.load(args.inputs[0]) as arrays:
-            plots.figure2(arrays["noisy"], arrays["predicted"], arrays["timesteps"].tolist(), arrays["snr"].tolist(),
-                          args.title or "Fig. 2: reconstructions x0_hat from x_t", args.out)
-    elif args.which == "fig3":
-        weightings = {label: (name, params) for label, (name, params) in _load_spec(args.weightings).items()}
-        plots.figure3(args.num_timesteps, weightings, args.out)
-    elif args.which == "fig4":
-        table = tables.fid_during_training(tables.collect(args.inputs))
-        plots.figure4(table, table["extractor"].iloc[0], args.out)
-    elif args.which == "fig7":
-        table = tables.collect(args.inputs)
-        table4 = tables.table4(table)
-        rows = table.merge(table4[["sampler", "kind", "steps"]].drop_duplicates(), on="sampler")
-        plots.figure7(rows, table["extractor"].iloc[0], args.out)
-    elif args.which == "samples":
-        from p2core.sample import image_grid
-        from p2core.shards import SampleShards
-
-        shards = {}
-        for item in args.inputs:
-            label, sep, path = item.partition("=")
-            if not sep:
-                raise P2Error(f"samples input {item!r} must be LABEL=PATH.npz")
-            shards.setdefault(label, []).append(path)
-        grids = {label: image_grid(SampleShards(paths).head(args.grid_count)) for label, paths in shards.items()}
-        plots.sample_comparison(grids, args.title or "samples", args.out)
+    weightings = {label: (name, params) for label, (name, params) in _load_spec(args.weightings).items()}
+    draw(args.which, args.inputs, args.out, args.title, args.num_timesteps, weightings, args.grid_count)
 
 
 def cmd_table(args) -> None:
-    import pandas as pd
+    from p2core.tables import write_table
 
-    from p2core import tables
-
-    if args.which == "table2":
-        ours = pd.read_csv(args.inputs[0])
-        literature = pd.read_csv(args.literature) if args.literature else None
-        table = tables.table2(ours, literature)
-    else:
-        table = getattr(tables, args.which)(tables.collect(args.inputs))
-    _write_csv(table, args.out)
-    if args.markdown:
-        Path(args.markdown).write_text(tables.to_markdown(table))
+    write_table(args.which, args.inputs, args.out, args.literature, args.markdown)
 
 
 def cmd_prefetch(args) -> None:

@@ -67,12 +67,13 @@ def _to_input(images_uint8: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def train_domain_classifier(
     images: np.ndarray, labels: np.ndarray, out_path: str | Path, epochs: int = 15, seed: int = 0,
-    holdout: float = 0.2, progress: bool = True,
+    holdout: float = 0.2, min_accuracy: float = 0.0, progress: bool = True,
 ) -> dict:
     """Train the classifier on a labelled prepared set (uint8 NHWC) and save it; returns held-out accuracy.
 
     A seeded ``holdout`` fraction is never trained on; its accuracy is stored in the checkpoint and returned.
-    Augmentation: random shifts of up to 1/8 of the side (no flips).
+    Augmentation: random shifts of up to 1/8 of the side (no flips). Below ``min_accuracy`` nothing is saved and
+    :class:`DataError` says so: its features would make a poor metric.
     """
     if labels is None:
         raise DataError("the domain feature network needs a labelled dataset (e.g. digits)")
@@ -80,7 +81,7 @@ def train_domain_classifier(
     order = np.random.default_rng(derived_seed(seed, "epoch")).permutation(len(images))
     n_test = int(len(images) * holdout)
     test_idx, train_idx = order[:n_test], order[n_test:]
-    x_all = torch.from_numpy(images).permute(0, 3, 1, 2)
+    x_all = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a small labelled set: copied whole
     y_all = torch.from_numpy(labels).long()
     resolution, channels = images.shape[1], images.shape[3]
     num_classes = int(labels.max()) + 1
@@ -104,6 +105,9 @@ def train_domain_classifier(
     with torch.no_grad():
         predictions = model(_to_input(x_all[test_idx], resolution)).argmax(1)
     accuracy = float((predictions == y_all[test_idx]).float().mean())
+    if accuracy < min_accuracy:
+        raise DataError(f"domain classifier reached only {accuracy:.3f} held-out accuracy (< {min_accuracy}); its "
+                        "features would make a poor metric: train longer or check the labels")
     config = {"in_channels": channels, "resolution": resolution, "num_classes": num_classes}
     save_checkpoint(out_path, "domain-classifier", state_dict=model.state_dict(), config=config,
                     heldout_accuracy=accuracy, heldout_count=n_test)

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from p2core.atomic import atomic_write
+from p2core.data import load_prepared
 from p2core.errors import P2Error
 from p2core.features import DomainFeatureExtractor, file_sha256
 from p2core.shards import SampleShards
@@ -191,3 +192,19 @@ def lpips_model(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, net: str = "alex"
 def write_json(path: str | Path, content: dict) -> None:
     """Write a JSON file atomically."""
     atomic_write(path, lambda handle: handle.write((json.dumps(content, indent=2) + "\n").encode()))
+
+
+def evaluate_samples(shard_paths: list[str | Path], data_folder: str | Path, out: str | Path,
+                     extractor: str = INCEPTION, domain_weights: str | Path | None = None,
+                     weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, kid_subset_size: int = 1000,
+                     cache_dir: str | Path | None = None, device: str = "auto", tags: dict | None = None) -> dict:
+    """FID/KID (:func:`fid_kid`) of a sample set, read from its shard files, against a prepared dataset; writes the
+    metrics JSON to ``out`` with the shard list, the dataset hash and ``tags`` (what the tables group by)."""
+    data = load_prepared(data_folder)
+    reference_name = f"{data.meta.get('name', 'data')}-{data.meta['sha256'][:12]}"
+    result = fid_kid(SampleShards(shard_paths), data.images, extractor, reference_name=reference_name,
+                     domain_weights=domain_weights, weights_dir=weights_dir, kid_subset_size=kid_subset_size,
+                     cache_dir=cache_dir, device=device)
+    result.update(samples=[str(p) for p in shard_paths], dataset_sha256=data.meta["sha256"], tags=tags or {})
+    write_json(out, result)
+    return result

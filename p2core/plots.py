@@ -11,7 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from p2core import tables  # noqa: E402
+from p2core.errors import P2Error  # noqa: E402
+from p2core.grids import image_grid  # noqa: E402
 from p2core.schedule import make_betas, snr as snr_of  # noqa: E402
+from p2core.shards import SampleShards  # noqa: E402
 from p2core.weighting import loss_weights, normalised, vlb_weights  # noqa: E402
 
 # SNR ranges of the paper's three stages
@@ -168,3 +172,42 @@ def sample_comparison(grids: dict[str, np.ndarray], title: str, path: str | Path
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
+
+
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig7", "samples")
+
+
+def draw(which: str, inputs: list[str], out: str | Path, title: str | None = None, num_timesteps: int = 1000,
+         weightings: dict[str, tuple[str, dict]] | None = None, grid_count: int = 36) -> None:
+    """Draw figure ``which`` from its input files into ``out`` (PNG, PDF beside it).
+
+    ``fig1``: the distance-vs-SNR CSV; ``fig2``: the reconstructions ``.npz``; ``fig3``: no inputs, ``weightings``
+    ``{label: (name, params)}`` over ``num_timesteps``; ``fig4``, ``fig7``: metrics JSON files; ``samples``:
+    ``LABEL=SHARD.npz`` items (several per label for a sharded set), one panel of ``grid_count`` images per label.
+    """
+    if which == "fig1":
+        table = pd.read_csv(inputs[0])
+        figure1(table, table["distance"].iloc[0], table["dataset"].iloc[0], out)
+    elif which == "fig2":
+        with np.load(inputs[0]) as arrays:
+            figure2(arrays["noisy"], arrays["predicted"], arrays["timesteps"].tolist(), arrays["snr"].tolist(),
+                    title or "Fig. 2: reconstructions x0_hat from x_t", out)
+    elif which == "fig3":
+        figure3(num_timesteps, weightings or {"baseline": ("uniform", {})}, out)
+    elif which == "fig4":
+        table = tables.fid_during_training(tables.collect(inputs))
+        figure4(table, table["extractor"].iloc[0], out)
+    elif which == "fig7":
+        rows = tables.figure7_rows(tables.collect(inputs))
+        figure7(rows, rows["extractor"].iloc[0], out)
+    elif which == "samples":
+        shards: dict[str, list[str]] = {}
+        for item in inputs:
+            label, sep, path = item.partition("=")
+            if not sep:
+                raise P2Error(f"samples input {item!r} must be LABEL=PATH.npz")
+            shards.setdefault(label, []).append(path)
+        grids = {label: image_grid(SampleShards(paths).head(grid_count)) for label, paths in shards.items()}
+        sample_comparison(grids, title or "samples", out)
+    else:
+        raise ValueError(f"unknown figure {which!r}; choose one of {', '.join(FIGURES)}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from p2core.atomic import atomic_write_text
 from p2core.respace import parse_sampler, sampler_steps
 
 LITERATURE_COLUMNS = ("model", "dataset", "fid", "source")
@@ -96,3 +97,28 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def figure7_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Figure 7's points: every metrics row with its sampler's ``kind`` (ddpm/ddim) and number of ``steps``."""
+    sweep = table4(metrics)[["sampler", "kind", "steps"]].drop_duplicates()
+    return metrics.merge(sweep, on="sampler")
+
+
+TABLES = ("table1", "table2", "table3", "table4")
+
+
+def write_table(which: str, inputs: list[str | Path], out: str | Path, literature: str | Path | None = None,
+                markdown: str | Path | None = None) -> pd.DataFrame:
+    """Build table ``which`` from metrics JSON files (``table2``: from the Table 1 CSV and an optional literature
+    CSV) and write it as CSV to ``out`` (and as Markdown to ``markdown``)."""
+    if which == "table2":
+        table = table2(pd.read_csv(inputs[0]), pd.read_csv(literature) if literature else None)
+    elif which in TABLES:
+        table = globals()[which](collect(inputs))
+    else:
+        raise ValueError(f"unknown table {which!r}; choose one of {', '.join(TABLES)}")
+    atomic_write_text(out, table.to_csv(index=False))
+    if markdown:
+        atomic_write_text(markdown, to_markdown(table))
+    return table

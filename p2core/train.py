@@ -29,17 +29,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from p2core.atomic import atomic_write
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from p2core.device import PRECISIONS, autocast, pick_device
 from p2core.data import TrainingBatches, load_prepared
-from p2core.diffusion import GaussianDiffusion, create_diffusion
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
+from p2core.restore import build
 from p2core.seeding import derived_seed, generator
-from p2core.unet import create_model
 
 LOG_COLUMNS = ("step", "loss", "mse", "vb", "mse_unweighted", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "img_per_s")
-PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -55,7 +54,7 @@ class TrainSpec:
     ``ema_rate``: EMA decay per update; ``save_every``/``log_every``: in updates;
     ``snapshot_steps``: updates after which the EMA weights are kept as ``ema_step{N}.pt``;
     ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the GPU or CPU has native bf16, else
-    fp32; see :func:`resolve_precision`); ``channels_last``: NHWC memory layout.
+    fp32; see :func:`p2core.device.resolve_precision`); ``channels_last``: NHWC memory layout.
     """
 
     model: dict
@@ -127,27 +126,6 @@ class TrainSpec:
         return kwargs
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on a bf16-capable GPU or a CPU with native bf16 (AVX512-BF16/AMX), else ``fp32``."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
-def build(spec_dict: dict) -> tuple[torch.nn.Module, GaussianDiffusion]:
-    """Model and diffusion of a stored spec (``spec`` of a checkpoint, with geometry filled in)."""
-    return create_model(**spec_dict["model"]), create_diffusion(**spec_dict["diffusion"])
-
-
 class _StopFlag:
     """Set by SIGTERM/SIGUSR1 (a scheduler's preemption warning): the loop checkpoints and exits at a step end."""
 
@@ -215,8 +193,7 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
     batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
     stats = _IntervalStats(diffusion.num_timesteps, device, ranks)
     bar = progress_bar(total=spec.steps, initial=start, desc=f"train {out_dir}", disable=not progress, unit="step")
-    precision = resolve_precision(spec.precision, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    mixed_precision = autocast(spec.precision, device)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
 
     def save(name: str, kind: str, **content) -> None:
@@ -236,7 +213,7 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
             for part, last in _microbatches(len(t), spec.microbatch):
                 # gradients accumulate; DDP averages them over processes once, in the last microbatch's backward
                 with network.no_sync() if ranks.world > 1 and not last else contextlib.nullcontext():
-                    with autocast:
+                    with mixed_precision:
                         losses = diffusion.training_losses(network, x[part], t[part], noise[part])
                     (losses["loss"].sum() / len(t)).backward()
                 stats.add(losses, t[part])

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from p2core.data import prepare_embedded
 
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY_MODEL = {"num_channels": 32, "channel_mult": "1,2", "attention_resolutions": "4", "num_head_channels": 32}
 
 
@@ -42,3 +50,26 @@ def tiny_spec(**overrides) -> dict:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def snakemake(workdir, *args, timeout=900, env=None):
+    """``python -m snakemake ARGS`` in ``workdir`` with this interpreter; output captured."""
+    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def make_workspace(path: Path) -> Path:
+    """A copy of the pipeline (workflow, p2core, config) in ``path``, where tests can build and edit freely."""
+    for folder in ("workflow", "p2core", "config"):
+        shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """A copy of the repo where the tiny config has been built to every artifact. Every job runs with
+    PYTHONPROFILEIMPORTTIME, so its log lists the modules its process really imported."""
+    workdir = make_workspace(tmp_path_factory.mktemp("dag"))
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml",
+                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import tiny_spec
 from p2core.errors import DataError
-from p2core.sample import generate, image_grid
+from p2core.grids import image_grid
+from p2core.sample import generate
 from p2core.shards import SampleShards, open_shard, save_shard
 from p2core.train import TrainSpec, train
 

@@ -16,9 +16,8 @@ import pytest
 import torch
 import yaml
 
-from test_workflow import make_workspace
+from conftest import ROOT, make_workspace
 
-ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 
 pytestmark = pytest.mark.skipif(

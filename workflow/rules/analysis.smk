@@ -13,7 +13,7 @@ rule distance_vs_snr:
         points=section("figure1").get("points", 25),
         pairs=section("figure1").get("pairs", 128),
         weights_dir=config.get("weights_dir", "resources/weights"),
-        code=CODE["analysis"],
+        code=CODE["distance-vs-snr"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -37,7 +37,7 @@ rule reconstructions:
         data=lambda w: f"results/data/{section('figure2')['dataset']}",
         images=section("figure2").get("images", 4),
         points=section("figure2").get("points", 8),
-        code=CODE["analysis"],
+        code=CODE["reconstruct"],
     conda:
         "../envs/p2.yaml"
     log:

@@ -14,7 +14,8 @@ from snakemake.settings.types import DeploymentMethod
 ROOT = Path(workflow.basedir).parent
 P2CORE_DIR = ROOT / "p2core"
 sys.path.insert(0, str(ROOT))
-from p2core.respace import sampler_steps  # noqa: E402  (numpy only: keeps torch out of the DAG's start-up)
+from p2core.fingerprint import command_fingerprint  # noqa: E402  (these two import no torch: a no-op run stays fast)
+from p2core.respace import sampler_steps  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ config validation
@@ -88,27 +89,11 @@ _PATH = "" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.executable)
 shell.prefix(f"set -euo pipefail; {_PATH}export PYTHONPATH={shlex.quote(str(ROOT))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
-def code_hash(*modules):
-    """Content hash of the p2core modules a step depends on, so that editing them reruns exactly the affected jobs.
-
-    cli.py is argument plumbing and deliberately left out (so editing one subcommand reruns nothing).
-    """
-    digest = hashlib.sha256()
-    for module in sorted(modules):
-        digest.update(module.encode() + b"\0" + (P2CORE_DIR / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-CODE = {
-    "data": code_hash("data"),
-    "features": code_hash("features", "data", "seeding", "checkpoint"),
-    "train": code_hash("schedule", "weighting", "diffusion", "unet", "train", "data", "seeding", "checkpoint"),
-    "sample": code_hash("schedule", "respace", "diffusion", "unet", "sample", "seeding", "checkpoint", "shards", "train"),
-    "evaluate": code_hash("metrics", "features", "shards"),
-    "analysis": code_hash("analysis", "schedule", "diffusion", "features", "metrics", "seeding"),
-    "figures": code_hash("plots", "tables", "schedule", "weighting", "shards", "sample"),
-    "tables": code_hash("tables", "respace"),
-}
+# Each rule passes the fingerprint of its p2core command (the import closure of the modules it runs, read from the
+# code: p2core/fingerprint.py), so editing a module reruns exactly the rules whose step imports it.
+CODE = {command: command_fingerprint(command) for command in (
+    "prepare", "train-features", "train", "sample", "grid", "evaluate", "distance-vs-snr", "reconstruct", "figure",
+    "table")}
 
 
 # --------------------------------------------------------------------------------------- per-run settings

@@ -12,7 +12,7 @@ rule prepare_dataset:
             + (" --skip-unreadable" if dataset_cfg(w.dataset).get("skip_unreadable") else "")
         ),
         resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
-        code=CODE["data"],
+        code=CODE["prepare"],
     threads: 8  # decoding processes (fewer when snakemake has fewer cores)
     conda:
         "../envs/p2.yaml"
@@ -34,7 +34,7 @@ rule train_domain_features:
     params:
         epochs=config["evaluation"].get("domain_features", {}).get("epochs", 10),
         min_accuracy=config["evaluation"].get("domain_features", {}).get("min_accuracy", 0.97),
-        code=CODE["features"],
+        code=CODE["train-features"],
     conda:
         "../envs/p2.yaml"
     log:

@@ -5,7 +5,7 @@ rule figure1:
         report("results/figures/fig1_{dataset}.png", caption="../report/fig1.rst", category="Figures",
                labels={"figure": "1", "dataset": "{dataset}"}),
     params:
-        code=CODE["figures"],
+        code=CODE["figure"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -24,7 +24,7 @@ rule figure2:
                labels={"figure": "2"}),
     params:
         title=lambda w: "Fig. 2: x0_hat from x_t, {dataset}, {objective} model".format(**section("figure2")),
-        code=CODE["figures"],
+        code=CODE["figure"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -42,7 +42,7 @@ rule figure3:
     params:
         weightings=fig3_weightings(),
         num_timesteps=config.get("num_timesteps", 1000),
-        code=CODE["figures"],
+        code=CODE["figure"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -61,7 +61,7 @@ rule figure4:
         report("results/figures/fig4_fid_during_training.png", caption="../report/fig4.rst", category="Figures",
                labels={"figure": "4"}),
     params:
-        code=CODE["figures"],
+        code=CODE["figure"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -82,7 +82,7 @@ rule sample_figure:
     params:
         panels=lambda w, input: " ".join(shlex.quote(f"{label}={path}") for label, paths in input.items() for path in paths),
         title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
-        code=CODE["figures"],
+        code=CODE["figure"],
     wildcard_constraints:
         fig=r"fig\d+",
     conda:
@@ -102,7 +102,7 @@ rule figure7:
         report("results/figures/fig7_fid_vs_steps.png", caption="../report/fig7.rst", category="Figures",
                labels={"figure": "7"}),
     params:
-        code=CODE["figures"],
+        code=CODE["figure"],
     conda:
         "../envs/p2.yaml"
     log:

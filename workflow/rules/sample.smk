@@ -41,7 +41,7 @@ rule sample_grid:
     output:
         "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/grid.png",
     params:
-        code=CODE["figures"],
+        code=CODE["grid"],
     conda:
         "../envs/p2.yaml"
     log:

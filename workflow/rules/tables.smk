@@ -6,7 +6,7 @@ rule table1:
         csv=report("results/table1.csv", caption="../report/table1.rst", category="Tables", labels={"table": "1"}),
         markdown="results/table1.md",
     params:
-        code=CODE["tables"],
+        code=CODE["table"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -27,7 +27,7 @@ rule table2:
         markdown="results/table2.md",
     params:
         literature=lambda w, input: f"--literature {input.literature}" if input.literature else "",
-        code=CODE["tables"],
+        code=CODE["table"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -47,7 +47,7 @@ rule table3:
         csv=report("results/table3.csv", caption="../report/table3.rst", category="Tables", labels={"table": "3"}),
         markdown="results/table3.md",
     params:
-        code=CODE["tables"],
+        code=CODE["table"],
     conda:
         "../envs/p2.yaml"
     log:
@@ -66,7 +66,7 @@ rule table4:
         csv=report("results/table4.csv", caption="../report/table4.rst", category="Tables", labels={"table": "4"}),
         markdown="results/table4.md",
     params:
-        code=CODE["tables"],
+        code=CODE["table"],
     conda:
         "../envs/p2.yaml"
     log:

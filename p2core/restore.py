@@ -1,0 +1,26 @@
+"""A trained model back from its checkpoint: the spec stored in every checkpoint rebuilds the UNet and the diffusion
+process, and the EMA weights are loaded into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from p2core.checkpoint import load_checkpoint, load_weights
+from p2core.diffusion import GaussianDiffusion, create_diffusion
+from p2core.unet import create_model
+
+
+def build(spec: dict) -> tuple[nn.Module, GaussianDiffusion]:
+    """Model and diffusion of a stored run spec (a checkpoint's ``spec``, with the data's geometry filled in)."""
+    return create_model(**spec["model"]), create_diffusion(**spec["diffusion"])
+
+
+def load_ema_model(path: str | Path, device: torch.device) -> tuple[nn.Module, GaussianDiffusion, dict]:
+    """The EMA model (eval mode, on ``device``) and diffusion of a checkpoint of either kind, and its content."""
+    state = load_checkpoint(path)
+    model, diffusion = build(state["spec"])
+    load_weights(model, state["state_dict"] if state["kind"] == "ema" else state["ema"], path)
+    return model.to(device).eval(), diffusion, state

@@ -1,0 +1,77 @@
+"""Every command that README.md and config/README.md show is run, so the documentation cannot rot.
+
+Commands are the lines of ```bash blocks and inline code that starts with `.venv/bin/`, `snakemake ` or `bash `.
+Snakemake commands run as dry runs (`-n`; a report is rendered from the tiny built DAG), scripts that would run for
+long or need the internet (benchmarks, `p2core prefetch`) with `--help`, and `bash .ci/run` (this suite) not at all.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+DOCUMENTS = ("README.md", "config/README.md")
+PAPER_DATASETS = ("ffhq", "celebahq", "metfaces", "afhq_dog", "flowers", "cub")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(document, command) for every command shown in the documents, in order, without trailing comments."""
+    found = []
+    for document in DOCUMENTS:
+        text = (ROOT / document).read_text()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            found += [(document, line.split("  #")[0].strip()) for line in block.splitlines() if line.strip()]
+        spans = re.findall(r"`((?:\.venv/bin/|snakemake |bash )[^`]*)`", text)
+        found += [(document, span) for span in spans]
+    return list(dict.fromkeys(found))
+
+
+def as_test_run(command: str) -> str | None:
+    """The command as the test runs it (see the module docstring), or None for the suite itself."""
+    if command == "bash .ci/run":
+        return None
+    if re.search(r"(^|/)python benchmarks/|p2core prefetch", command):
+        return command + " --help"
+    if "--report" in command:
+        return command + " --configfile config/test.yaml"  # rendered from the built tiny DAG
+    if "snakemake" in command:
+        return command + " -n"
+    return command
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A copy of the repository with the project environment linked in and the paper's data folders present."""
+    work = tmp_path_factory.mktemp("docs")
+    for folder in ("workflow", "p2core", "config", "profiles", "benchmarks", ".ci"):
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", work)
+    (work / ".venv").symlink_to(ROOT / ".venv")
+    for name in PAPER_DATASETS:
+        (work / "data" / name).mkdir(parents=True)
+    return work
+
+
+def test_the_documents_show_the_commands_users_need():
+    commands = [command for _, command in documented_commands()]
+    assert "bash .ci/run" in commands
+    assert any(c.startswith("bash .ci/install && .venv/bin/snakemake") for c in commands)
+    assert any("--configfile config/paper.yaml" in c and "--profile profiles/slurm" in c for c in commands)
+
+
+@pytest.mark.parametrize("document, command", documented_commands())
+def test_documented_command_runs(document, command, workspace, request):
+    run = as_test_run(command)
+    if run is None:
+        pytest.skip("the test suite itself")
+    cwd = workspace
+    if "--report" in command:
+        cwd = request.getfixturevalue("built")
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{document}: {shlex.quote(run)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
