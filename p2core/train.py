@@ -172,78 +172,104 @@ def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device:
 
 def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ranks: Ranks, progress: bool) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_prepared(data_folder)
-    resolved = {**spec.as_dict(), "model": spec.model_kwargs(data.meta["resolution"], data.meta["channels"])}
-    local = ranks.local_slice(spec.batch_size)
-
-    torch.manual_seed(derived_seed(spec.seed, "init"))
-    model, diffusion = build(resolved)
-    model.to(device)
-    if spec.channels_last:
-        model.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    start = _resume(out_dir / "checkpoint.pt", resolved, model, ema, optimizer)
-    if ranks.is_main:
-        _truncate_log(out_dir / "train.csv", start)
-        if start:
-            print(f"resuming from the checkpoint of step {start}", flush=True)
-    network = model if ranks.world == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
-    stats = _IntervalStats(diffusion.num_timesteps, device, ranks)
-    bar = progress_bar(total=spec.steps, initial=start, desc=f"train {out_dir}", disable=not progress, unit="step")
-    mixed_precision = autocast(spec.precision, device)
-    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-
-    def save(name: str, kind: str, **content) -> None:
-        if ranks.is_main:
-            save_checkpoint(out_dir / name, kind, spec=resolved, **content)
-
+    run = _Run(spec, load_prepared(data_folder), out_dir, device, ranks)
+    bar = progress_bar(total=spec.steps, initial=run.start, desc=f"train {out_dir}", disable=not progress, unit="step")
     with _StopFlag() as stop:
-        for step in range(start, spec.steps):
-            gen = generator(spec.seed, "step", step)
-            x = batches.batch(step, gen)
-            t = torch.randint(diffusion.num_timesteps, (spec.batch_size,), generator=gen)
-            noise = torch.randn(x.shape, generator=gen)
-            torch.manual_seed(derived_seed(spec.seed, "step", step))  # dropout
-            x, noise = (v[local].to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in (x, noise))
-            t = t[local].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            for part, last in _microbatches(len(t), spec.microbatch):
-                # gradients accumulate; DDP averages them over processes once, in the last microbatch's backward
-                with network.no_sync() if ranks.world > 1 and not last else contextlib.nullcontext():
-                    with mixed_precision:
-                        losses = diffusion.training_losses(network, x[part], t[part], noise[part])
-                    (losses["loss"].sum() / len(t)).backward()
-                stats.add(losses, t[part])
-            optimizer.step()
-            _update_ema(ema, model, spec.ema_rate)
-
+        for step in range(run.start, spec.steps):
+            run.update(step)
             done = step + 1
             bar.update(1)
             stopping = ranks.any(stop.signal_name is not None, device)
             saving = done % spec.save_every == 0 or done == spec.steps or stopping
             if done % spec.log_every == 0 or saving:
-                row = stats.flush(done)
-                _check_finite(row, out_dir, done)
-                if ranks.is_main:
-                    _append_log(out_dir / "train.csv", row)
+                row = run.log(done)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
             if done in spec.snapshot_steps:
-                save(f"ema_step{done}.pt", "ema", state_dict=ema.state_dict(), step=done)
+                run.save_ema(f"ema_step{done}.pt", done)
             if saving:
-                save("checkpoint.pt", "train", model=model.state_dict(), ema=ema.state_dict(),
-                     optimizer=optimizer.state_dict(), step=done)
+                run.save_checkpoint(done)
             if stopping and done < spec.steps:
                 bar.close()
                 ranks.barrier()
                 raise Preempted(f"stopped by {stop.signal_name or 'a signal'} after step {done}; "
                                 "checkpoint saved, rerun to resume")
     bar.close()
-    save("ema.pt", "ema", state_dict=ema.state_dict(), step=spec.steps)
+    run.save_ema("ema.pt", spec.steps)
     ranks.barrier()
     return out_dir / "ema.pt"
+
+
+class _Run:
+    """The state of one training run (model, EMA, optimizer, data stream, log statistics) and its step, log and save
+    pieces. Rank 0 alone writes files."""
+
+    def __init__(self, spec: TrainSpec, data, out_dir: Path, device: torch.device, ranks: Ranks):
+        self.spec, self.out_dir, self.device, self.ranks = spec, out_dir, device, ranks
+        self.resolved = {**spec.as_dict(), "model": spec.model_kwargs(data.meta["resolution"], data.meta["channels"])}
+        self.local = ranks.local_slice(spec.batch_size)
+        torch.manual_seed(derived_seed(spec.seed, "init"))
+        self.model, self.diffusion = build(self.resolved)
+        self.model.to(device)
+        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        self.start = _resume(out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
+        if ranks.is_main:
+            _truncate_log(out_dir / "train.csv", self.start)
+            if self.start:
+                print(f"resuming from the checkpoint of step {self.start}", flush=True)
+        cuda_ids = [device.index] if device.type == "cuda" else None
+        self.network = self.model if ranks.world == 1 else DistributedDataParallel(self.model, device_ids=cuda_ids)
+        self.batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
+        self.stats = _IntervalStats(self.diffusion.num_timesteps, device, ranks)
+        self.mixed_precision = autocast(spec.precision, device)
+
+    def draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This process's share of step ``step``'s images, timesteps and noise; every draw seeded by (seed, step)."""
+        gen = generator(self.spec.seed, "step", step)
+        x = self.batches.batch(step, gen)
+        t = torch.randint(self.diffusion.num_timesteps, (self.spec.batch_size,), generator=gen)
+        noise = torch.randn(x.shape, generator=gen)
+        torch.manual_seed(derived_seed(self.spec.seed, "step", step))  # dropout
+        x, noise = (v[self.local].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                    for v in (x, noise))
+        return x, t[self.local].to(self.device, non_blocking=True), noise
+
+    def update(self, step: int) -> None:
+        """One optimizer update (gradients accumulated over microbatches) and the EMA after it."""
+        x, t, noise = self.draw(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        for part, last in _microbatches(len(t), self.spec.microbatch):
+            # DDP averages the accumulated gradients over processes once, in the last microbatch's backward
+            with self.network.no_sync() if self.ranks.world > 1 and not last else contextlib.nullcontext():
+                with self.mixed_precision:
+                    losses = self.diffusion.training_losses(self.network, x[part], t[part], noise[part])
+                (losses["loss"].sum() / len(t)).backward()
+            self.stats.add(losses, t[part])
+        self.optimizer.step()
+        _update_ema(self.ema, self.model, self.spec.ema_rate)
+
+    def log(self, done: int) -> dict:
+        """Close a log interval: a ``train.csv`` row (all ranks' samples), stopping on a non-finite loss."""
+        row = self.stats.flush(done)
+        _check_finite(row, self.out_dir, done)
+        if self.ranks.is_main:
+            _append_log(self.out_dir / "train.csv", row)
+        return row
+
+    def save_ema(self, name: str, done: int) -> None:
+        """EMA weights alone (``ema_step{N}.pt``, ``ema.pt``), refused when any of them is not finite."""
+        _check_finite_weights(self.ema, self.out_dir, done)
+        if self.ranks.is_main:
+            save_checkpoint(self.out_dir / name, "ema", spec=self.resolved, state_dict=self.ema.state_dict(), step=done)
+
+    def save_checkpoint(self, done: int) -> None:
+        """Everything a resume needs, in ``checkpoint.pt``."""
+        _check_finite_weights(self.ema, self.out_dir, done)
+        if self.ranks.is_main:
+            save_checkpoint(self.out_dir / "checkpoint.pt", "train", spec=self.resolved, model=self.model.state_dict(),
+                            ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(), step=done)
 
 
 def _microbatches(count: int, size: int | None) -> list[tuple[slice, bool]]:
@@ -323,6 +349,17 @@ def _check_finite(row: dict, out_dir: Path, step: int) -> None:
         raise TrainingDiverged(
             f"training loss became {row['loss']} by step {step}; {where}; lower the learning rate or check the data"
         )
+
+
+def _check_finite_weights(model: torch.nn.Module, out_dir: Path, step: int) -> None:
+    """Refuse to write weights with NaN or infinite entries (a snapshot that looks complete but samples noise)."""
+    bad = [name for name, value in model.state_dict().items() if value.is_floating_point() and
+           not torch.isfinite(value).all()]
+    if bad:
+        kept = out_dir / "checkpoint.pt"
+        where = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
+        raise TrainingDiverged(f"EMA weights are not finite at step {step} ({len(bad)} tensors, e.g. {bad[0]}); "
+                               f"{where}; lower the learning rate or check the data")
 
 
 def _finite(value: float) -> bool:

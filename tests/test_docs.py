@@ -3,6 +3,8 @@
 Commands are the lines of ```bash blocks and inline code that starts with `.venv/bin/`, `snakemake ` or `bash `.
 Snakemake commands run as dry runs (`-n`; a report is rendered from the tiny built DAG), scripts that would run for
 long or need the internet (benchmarks, `p2core prefetch`) with `--help`, and `bash .ci/run` (this suite) not at all.
+They run in a copy of the repository, except a command that installs (`.ci/install`): it runs in this checkout,
+whose environment it checks (a no-op once installed) and never in a copy, which would repoint the environment there.
 """
 
 import os
@@ -70,6 +72,8 @@ def test_documented_command_runs(document, command, workspace, request):
     if run is None:
         pytest.skip("the test suite itself")
     cwd = workspace
+    if ".ci/install" in command:
+        cwd = ROOT  # the install is only meaningful (and a no-op once done) for the environment of this checkout
     if "--report" in command:
         cwd = request.getfixturevalue("built")
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}

@@ -117,7 +117,8 @@ def test_two_gpu_training_runs_torchrun_once_and_resumes_after_sigterm(cluster, 
     target = "results/models/digits/p2/a/seed0/ema.pt"
 
     def two_gpu_run(config):
-        config["train"].update(steps=250, save_every=25, log_every=5, gpus=2)
+        config["train"].update(steps=250, save_every=25, log_every=5)
+        config["train"]["resources"].update(gpus=2)
 
     local = make_workspace(tmp_path / "local")
     result = snakemake(local, os.environ, target, "--cores", "2", "--configfile", write_config(local, two_gpu_run))

@@ -190,6 +190,24 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(digits8,
     assert not (tmp_path / "ema.pt").exists()
 
 
+def test_non_finite_ema_weights_are_never_written(digits8, tmp_path, monkeypatch):
+    import p2core.train as training
+
+    original, calls = training._update_ema, {"n": 0}
+
+    def poisoned(ema, model, rate):  # the loss stays finite; only the EMA goes bad, after step 3
+        original(ema, model, rate)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            next(ema.parameters()).data[0] = float("inf")
+
+    monkeypatch.setattr(training, "_update_ema", poisoned)
+    with pytest.raises(TrainingDiverged, match="EMA weights are not finite at step 4"):
+        train(TrainSpec.from_dict(tiny_spec(steps=6, snapshot_steps=[2, 4])), digits8, tmp_path, progress=False)
+    assert (tmp_path / "ema_step2.pt").exists() and not (tmp_path / "ema_step4.pt").exists()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
 def test_resume_refuses_a_run_with_other_settings(digits8, tmp_path):
     train(TrainSpec.from_dict(tiny_spec(steps=2)), digits8, tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="different settings.*lr"):

@@ -116,7 +116,13 @@ def write_config(workdir: Path, change) -> str:
     [
         (lambda c: c.update(colour="blue"), "top level: Additional properties are not allowed ('colour'"),
         (lambda c: c["train"].update(steps="many"), "train.steps: 'many' is not of type 'integer'"),
-        (lambda c: c["objectives"]["p2"]["weighting_params"].update(gamma=-0.5), "gamma: -0.5 is less than the minimum of 0"),
+        (lambda c: c["objectives"]["p2"]["weighting_params"].update(gamma=-0.5),
+         "objectives.p2: p2 weighting needs gamma >= 0, got -0.5"),
+        (lambda c: c["objectives"]["p2"].update(weighting="p3"), "objectives.p2: unknown weighting 'p3'; choose one of"),
+        (lambda c: c["objectives"]["p2"]["weighting_params"].update(beta=2),
+         "objectives.p2: weighting 'p2' takes parameters ['gamma', 'k']; got unknown beta"),
+        (lambda c: c["table4"].update(samplers=["ddim3", "euler5"]), "table4.samplers: bad sampler name 'euler5'"),
+        (lambda c: c["train"]["resources"].update(gpus=-1), "train.resources.gpus: -1 is less than the minimum of 0"),
         (lambda c: c["datasets"]["digits"].update(source="data/nowhere", extractor="inception-v3-compat",
                                                   distance="lpips"), "data/nowhere does not exist"),
         (lambda c: c["evaluation"].update(kid_subset_size=1000), "kid_subset_size: 1000 is larger than sampling.num_samples 24"),
@@ -154,3 +160,41 @@ def test_paper_config_resolves_the_full_dag(tmp_path):
     # sampling fans out: every sample set is 20 shard jobs of 500 images (at least five per metrics file)
     assert counts["sample"] == 20 * counts["evaluate"] and counts["sample"] >= 5 * counts["evaluate"]
 
+
+
+def test_config_train_section_is_exactly_the_trainspec_fields():
+    """The workflow passes `train` (less `resources`) to TrainSpec untouched: the schema must name its fields."""
+    import dataclasses
+
+    from p2core.train import TrainSpec
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    config_fields = set(schema["$defs"]["train"]["properties"]) - {"resources"}
+    spec_fields = {field.name for field in dataclasses.fields(TrainSpec)} - {"model", "diffusion", "seed"}
+    assert config_fields == spec_fields
+
+
+def test_a_new_weighting_is_one_function(tmp_path):
+    """The CONTRIBUTING.md recipe: register a weighting in p2core/weighting.py, name it in an objective, and the
+    config check, the training spec and Figure 3 take it with no other change."""
+    workdir = make_workspace(tmp_path)
+    weighting = workdir / "p2core" / "weighting.py"
+    weighting.write_text(weighting.read_text() + '''
+
+@register("truncated_snr")
+def truncated_snr(snr: np.ndarray, cap: float = 2.0) -> np.ndarray:
+    """A test weighting: 1 / min(SNR, cap) + 1."""
+    return 1.0 / np.minimum(snr, cap) + 1.0
+''')
+
+    def add_objective(config):
+        config["objectives"]["truncated"] = {"weighting": "truncated_snr", "weighting_params": {"cap": 3.0}}
+        config["table1"]["objectives"].append("truncated")
+
+    config = write_config(workdir, add_objective)
+    result = snakemake(workdir, "results/figures/fig3_weights.png", "-p", "--cores", "1", "--configfile", config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "truncated_snr cap=3.0" in result.stdout + result.stderr  # Figure 3 drew the new curve
+    assert (workdir / "results/figures/fig3_weights.png").is_file()
+    dry = snakemake(workdir, "results/models/digits/truncated/a/seed0/ema.pt", "-n", "-p", "--configfile", config)
+    assert dry.returncode == 0 and '"weighting": "truncated_snr"' in dry.stdout, dry.stderr[-2000:]

@@ -6,13 +6,13 @@ rule distance_vs_snr:
     output:
         "results/analysis/fig1_{dataset}.csv",
     params:
-        distance=lambda w: dataset_cfg(w.dataset).get("distance", "lpips"),
+        distance=lambda w: dataset_cfg(w.dataset)["distance"],
         domain=lambda w, input: f"--domain-weights {input.domain}" if "domain" in input.keys() else "",
-        schedule=config.get("schedule", "linear"),
-        num_timesteps=config.get("num_timesteps", 1000),
-        points=section("figure1").get("points", 25),
-        pairs=section("figure1").get("pairs", 128),
-        weights_dir=config.get("weights_dir", "resources/weights"),
+        schedule=config["schedule"],
+        num_timesteps=config["num_timesteps"],
+        points=section("figure1")["points"],
+        pairs=section("figure1")["pairs"],
+        weights_dir=config["weights_dir"],
         code=CODE["distance-vs-snr"],
     conda:
         "../envs/p2.yaml"
@@ -35,8 +35,8 @@ rule reconstructions:
         "results/analysis/fig2_reconstructions.npz",
     params:
         data=lambda w: f"results/data/{section('figure2')['dataset']}",
-        images=section("figure2").get("images", 4),
-        points=section("figure2").get("points", 8),
+        images=section("figure2")["images"],
+        points=section("figure2")["points"],
         code=CODE["reconstruct"],
     conda:
         "../envs/p2.yaml"

@@ -1,6 +1,6 @@
 """Config validation, wildcard constraints, per-run settings, target lists and code fingerprints."""
 
-import hashlib
+import copy
 import json
 import math
 import shlex
@@ -8,14 +8,18 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import yaml
 from snakemake.settings.types import DeploymentMethod
 
 ROOT = Path(workflow.basedir).parent
 P2CORE_DIR = ROOT / "p2core"
 sys.path.insert(0, str(ROOT))
-from p2core.fingerprint import command_fingerprint  # noqa: E402  (these two import no torch: a no-op run stays fast)
-from p2core.respace import sampler_steps  # noqa: E402
+# these p2core modules import numpy only, no torch: a no-op run stays fast
+from p2core.fingerprint import command_fingerprint  # noqa: E402
+from p2core.respace import SAMPLERS, sampler_steps  # noqa: E402
+from p2core.schedule import make_betas  # noqa: E402
+from p2core.weighting import loss_weights  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ config validation
@@ -26,11 +30,14 @@ def config_error(message):
 
 
 def validate_config(cfg):
+    """Check ``cfg`` against the schema, fill in the schema's defaults, then cross-check what the schema cannot:
+    names that must exist, paths that must exist, and (by asking p2core) weightings, schedules and samplers."""
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "top level"
         config_error(f"{where}: {error.message}")
+    apply_defaults(cfg, schema, schema)
     datasets = cfg["datasets"]
     for key, sec in artifact_sections(cfg):
         for field, kind in REFERENCES.items():
@@ -43,27 +50,73 @@ def validate_config(cfg):
         for objective in dataset.get("objectives", {}):
             if objective not in cfg["objectives"]:
                 config_error(f"datasets.{name}.objectives overrides objective '{objective}', which is not defined")
+            check_objective(f"datasets.{name}.objectives.{objective}", {**cfg["objectives"][objective],
+                                                                        **dataset["objectives"][objective]}, cfg)
         source = dataset["source"]
         if source.startswith("embedded:"):
             if source != "embedded:digits":
                 config_error(f"datasets.{name}.source: unknown embedded dataset '{source}' (available: embedded:digits)")
         elif not Path(source).exists():
             config_error(f"datasets.{name}.source: {source} does not exist; put the {name} images there or fix the path")
-        extractor = dataset.get("extractor", "inception-v3-compat")
-        if extractor == "domain" and source != "embedded:digits":
+        if dataset["extractor"] == "domain" and source != "embedded:digits":
             config_error(f"datasets.{name}.extractor: 'domain' needs a labelled embedded dataset; use inception-v3-compat")
-        if dataset.get("distance", "lpips") == "domain" and source != "embedded:digits":
+        if dataset["distance"] == "domain" and source != "embedded:digits":
             config_error(f"datasets.{name}.distance: 'domain' needs a labelled embedded dataset; use lpips")
-    snapshots = cfg["train"].get("snapshot_steps", [])
+    for name, objective in cfg["objectives"].items():
+        check_objective(f"objectives.{name}", objective, cfg)
+    samplers = [("sampling.sampler", cfg["sampling"]["sampler"])]
+    samplers += [(f"{key}.sampler", sec["sampler"]) for key, sec in artifact_sections(cfg) if "sampler" in sec]
+    samplers += [(f"table4.samplers", s) for s in cfg.get("table4", {}).get("samplers", [])]
+    for where, sampler in samplers:
+        try:
+            sampler_steps(sampler, cfg["num_timesteps"])
+        except ValueError as exc:
+            config_error(f"{where}: {exc}")
+    snapshots = cfg["train"]["snapshot_steps"]
     for name, dataset in datasets.items():
         for arch, arch_cfg in cfg["archs"].items():
             steps = {**cfg["train"], **dataset.get("train", {}), **arch_cfg.get("train", {})}["steps"]
             if snapshots and max(snapshots) >= steps:
                 config_error(f"train.snapshot_steps: {max(snapshots)} is not below the {steps} training steps "
                              f"of dataset {name}, arch {arch}")
-    kid, samples = cfg["evaluation"].get("kid_subset_size", 1000), cfg["sampling"]["num_samples"]
+    kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
     if kid > samples:
         config_error(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
+
+
+def check_objective(where, objective, cfg):
+    """Ask p2core whether the objective's schedule and weighting (name and parameters) exist and are valid."""
+    try:
+        betas = make_betas(objective.get("schedule", cfg["schedule"]), cfg["num_timesteps"])
+        loss_weights(objective["weighting"], np.cumprod(1.0 - betas), **objective.get("weighting_params", {}))
+    except ValueError as exc:
+        config_error(f"{where}: {exc}")
+
+
+def apply_defaults(instance, node, root):
+    """Fill in the ``default:`` values the schema gives for keys missing from ``instance`` (in place, recursively
+    through properties, ``additionalProperties``, ``allOf`` and ``$ref``)."""
+    if not isinstance(instance, dict):
+        return
+    if "$ref" in node:
+        apply_defaults(instance, resolve_ref(node["$ref"], root), root)
+    for part in node.get("allOf", []):
+        apply_defaults(instance, part, root)
+    for key, child in node.get("properties", {}).items():
+        if key not in instance and "default" in child:
+            instance[key] = copy.deepcopy(child["default"])
+        if key in instance:
+            apply_defaults(instance[key], child, root)
+    if isinstance(node.get("additionalProperties"), dict):
+        for key in set(instance) - set(node.get("properties", {})):
+            apply_defaults(instance[key], node["additionalProperties"], root)
+
+
+def resolve_ref(ref, root):
+    node = root
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
 
 
 # artifact-section fields that name config entries, and the kind of entry each names
@@ -109,34 +162,34 @@ def objective_cfg(dataset, objective):
 
 
 def train_cfg(dataset, arch):
-    """Training settings: global, then the dataset's, then the arch's (Table 3 (e) changes the lr)."""
-    return {**config["train"], **dataset_cfg(dataset).get("train", {}), **config["archs"][arch].get("train", {})}
+    """Training settings: global, then the dataset's, then the arch's (Table 3 (e) changes the lr); the
+    ``resources`` sub-section is merged the same way."""
+    layers = [config["train"], dataset_cfg(dataset).get("train", {}), config["archs"][arch].get("train", {})]
+    merged = {key: value for layer in layers for key, value in layer.items()}
+    merged["resources"] = {key: value for layer in layers for key, value in layer.get("resources", {}).items()}
+    return merged
+
+
+def train_resources(dataset, arch):
+    return train_cfg(dataset, arch)["resources"]
 
 
 def train_spec(wildcards):
-    """The p2core TrainSpec of one run as JSON (deterministic: sorted keys)."""
-    objective = objective_cfg(wildcards.dataset, wildcards.objective)
-    settings = train_cfg(wildcards.dataset, wildcards.arch)
-    spec = {
-        "model": {**config["archs"][wildcards.arch]["model"], "learn_sigma": objective.get("learn_sigma", True)},
-        "diffusion": {
-            "schedule": objective.get("schedule", config.get("schedule", "linear")),
-            "num_timesteps": config.get("num_timesteps", 1000),
-            "weighting": objective["weighting"],
-            "weighting_params": objective.get("weighting_params", {}),
-            "learn_sigma": objective.get("learn_sigma", True),
-        },
-        "seed": int(wildcards.seed),
-    }
-    keys = ("steps", "batch_size", "microbatch", "lr", "weight_decay", "ema_rate", "save_every", "log_every",
-            "snapshot_steps", "precision", "channels_last")
-    spec.update({key: settings[key] for key in keys if key in settings})
+    """The p2core TrainSpec of one run as JSON (deterministic: sorted keys): the config's ``train`` fields untouched,
+    the arch's model flags, and the objective's diffusion settings (fields of ``create_diffusion``) untouched."""
+    spec = {key: value for key, value in train_cfg(wildcards.dataset, wildcards.arch).items() if key != "resources"}
+    spec.update(
+        model=config["archs"][wildcards.arch]["model"],
+        diffusion={"schedule": config["schedule"], "num_timesteps": config["num_timesteps"],
+                   **objective_cfg(wildcards.dataset, wildcards.objective)},
+        seed=int(wildcards.seed),
+    )
     return json.dumps(spec, sort_keys=True)
 
 
 def train_launcher(wildcards):
     """`python -m p2core`, or torchrun with one process per GPU when a run asks for more than one GPU."""
-    gpus = train_cfg(wildcards.dataset, wildcards.arch).get("gpus", 0)
+    gpus = train_resources(wildcards.dataset, wildcards.arch)["gpus"]
     if gpus > 1:
         return f"python -m torch.distributed.run --standalone --nproc_per_node={gpus} -m p2core"
     return "python -m p2core"
@@ -147,7 +200,7 @@ def train_steps(dataset, arch):
 
 
 # EMA snapshots for FID during training (Figure 4): one global list, below every run's length
-SNAPSHOT_STEPS = sorted(config["train"].get("snapshot_steps", []))
+SNAPSHOT_STEPS = sorted(config["train"]["snapshot_steps"])
 
 
 # ------------------------------------------------------------------------------------------------- paths
@@ -191,9 +244,9 @@ def sample_shards(dataset, objective, arch, seed, ckpt="final", sampler=None):
 def sample_runtime(wildcards):
     """Minutes for one shard job: ``sampling.runtime_min`` is sized for ``sampling.sampler``; other samplers (Table 4)
     get it scaled by their number of model evaluations per image (at least 10 minutes)."""
-    num_timesteps = config.get("num_timesteps", 1000)
+    num_timesteps = config["num_timesteps"]
     ratio = sampler_steps(wildcards.sampler, num_timesteps) / sampler_steps(config["sampling"]["sampler"], num_timesteps)
-    return max(10, math.ceil(config["sampling"].get("runtime_min", 60) * ratio))
+    return max(10, math.ceil(config["sampling"]["runtime_min"] * ratio))
 
 
 def section(name):
@@ -245,27 +298,27 @@ def tags(wildcards):
         "dataset": wildcards.dataset, "objective": wildcards.objective, "arch": wildcards.arch,
         "arch_label": config["archs"][wildcards.arch].get("label", wildcards.arch), "seed": wildcards.seed,
         "checkpoint": ckpt, "step": steps if ckpt == "final" else int(ckpt[4:]), "sampler": wildcards.sampler,
-        "training_steps": steps, "num_timesteps": config.get("num_timesteps", 1000),
+        "training_steps": steps, "num_timesteps": config["num_timesteps"],
     }
     return " ".join(f"--tag {shlex.quote(f'{k}={v}')}" for k, v in values.items())
 
 
 # ------------------------------------------------------------------------------------- rule input helpers
 def domain_weights(wildcards):
-    if dataset_cfg(wildcards.dataset).get("extractor", "inception-v3-compat") == "domain":
+    if dataset_cfg(wildcards.dataset)["extractor"] == "domain":
         return f"results/features/{wildcards.dataset}/domain.pt"
     return []
 
 
 def distance_inputs(wildcards):
-    if dataset_cfg(wildcards.dataset).get("distance", "lpips") == "domain":
+    if dataset_cfg(wildcards.dataset)["distance"] == "domain":
         return {"domain": f"results/features/{wildcards.dataset}/domain.pt"}
     return {}
 
 
 def figure2_checkpoint(wildcards):
     sec = section("figure2")
-    run = run_path(sec["dataset"], sec["objective"], default_arch(sec), sec.get("seed", 0))
+    run = run_path(sec["dataset"], sec["objective"], default_arch(sec), sec["seed"])
     return f"results/models/{run}/ema.pt"
 
 

@@ -8,8 +8,8 @@ rule prepare_dataset:
             f"--embedded {dataset_cfg(w.dataset)['source'].split(':', 1)[1]}"
             if dataset_cfg(w.dataset)["source"].startswith("embedded:")
             else f"--source {shlex.quote(dataset_cfg(w.dataset)['source'])} --name {w.dataset}"
-            + ("" if dataset_cfg(w.dataset).get("flip", True) else " --no-flip")
-            + (" --skip-unreadable" if dataset_cfg(w.dataset).get("skip_unreadable") else "")
+            + ("" if dataset_cfg(w.dataset)["flip"] else " --no-flip")
+            + (" --skip-unreadable" if dataset_cfg(w.dataset)["skip_unreadable"] else "")
         ),
         resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
         code=CODE["prepare"],
@@ -32,8 +32,8 @@ rule train_domain_features:
     output:
         "results/features/{dataset}/domain.pt",
     params:
-        epochs=config["evaluation"].get("domain_features", {}).get("epochs", 10),
-        min_accuracy=config["evaluation"].get("domain_features", {}).get("min_accuracy", 0.97),
+        epochs=config["evaluation"]["domain_features"]["epochs"],
+        min_accuracy=config["evaluation"]["domain_features"]["min_accuracy"],
         code=CODE["train-features"],
     conda:
         "../envs/p2.yaml"

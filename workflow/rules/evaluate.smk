@@ -8,10 +8,10 @@ rule evaluate:
     output:
         "results/metrics/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.json",
     params:
-        extractor=lambda w: dataset_cfg(w.dataset).get("extractor", "inception-v3-compat"),
+        extractor=lambda w: dataset_cfg(w.dataset)["extractor"],
         domain=lambda w, input: f"--domain-weights {input.domain}" if input.domain else "",
-        kid=config["evaluation"].get("kid_subset_size", 1000),
-        weights_dir=config.get("weights_dir", "resources/weights"),
+        kid=config["evaluation"]["kid_subset_size"],
+        weights_dir=config["weights_dir"],
         tags=tags,
         code=CODE["evaluate"],
     conda:

@@ -41,7 +41,7 @@ rule figure3:
                labels={"figure": "3"}),
     params:
         weightings=fig3_weightings(),
-        num_timesteps=config.get("num_timesteps", 1000),
+        num_timesteps=config["num_timesteps"],
         code=CODE["figure"],
     conda:
         "../envs/p2.yaml"

@@ -13,14 +13,14 @@ rule sample:
         checkpoint=checkpoint_file,
         start=lambda w: shard_range(w.shard)[0],
         num=lambda w: shard_range(w.shard)[1],
-        batch_size=config["sampling"].get("batch_size", 64),
-        seed=config["sampling"].get("seed", 0),
-        precision=config["sampling"].get("precision", "fp32"),
+        batch_size=config["sampling"]["batch_size"],
+        seed=config["sampling"]["seed"],
+        precision=config["sampling"]["precision"],
         code=CODE["sample"],
-    threads: config["sampling"].get("threads", 1)
+    threads: config["sampling"]["threads"]
     resources:
-        gpu=config["sampling"].get("gpus", 0),
-        mem_mb=config["sampling"].get("mem_mb", 4000),
+        gpu=config["sampling"]["gpus"],
+        mem_mb=config["sampling"]["mem_mb"],
         runtime=sample_runtime,
     conda:
         "../envs/p2.yaml"

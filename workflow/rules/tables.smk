@@ -21,7 +21,7 @@ rule table2:
     """Our numbers beside published ones from the user's literature CSV (none shipped, none invented)."""
     input:
         ours="results/table1.csv",
-        literature=section("table2").get("literature") or [],
+        literature=config["table2"]["literature"] or [],
     output:
         csv=report("results/table2.csv", caption="../report/table2.rst", category="Tables", labels={"table": "2"}),
         markdown="results/table2.md",

@@ -13,11 +13,11 @@ rule train:
         out=lambda w: f"results/models/{run_path(**w)}",
         launch=train_launcher,
         code=CODE["train"],
-    threads: lambda w: train_cfg(w.dataset, w.arch).get("threads", 1)
+    threads: lambda w: train_resources(w.dataset, w.arch)["threads"]
     resources:
-        mem_mb=lambda w: train_cfg(w.dataset, w.arch).get("mem_mb", 4000),
-        runtime=lambda w: train_cfg(w.dataset, w.arch).get("runtime_min", 60),
-        gpu=lambda w: train_cfg(w.dataset, w.arch).get("gpus", 0),
+        mem_mb=lambda w: train_resources(w.dataset, w.arch)["mem_mb"],
+        runtime=lambda w: train_resources(w.dataset, w.arch)["runtime_min"],
+        gpu=lambda w: train_resources(w.dataset, w.arch)["gpus"],
     conda:
         "../envs/p2.yaml"
     log:
