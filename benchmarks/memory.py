@@ -26,9 +26,18 @@ import numpy as np
 from PIL import Image
 
 SPEC = {
-    "model": {"num_channels": 32, "channel_mult": "1,1,2,2,4,4", "attention_resolutions": "16", "num_head_channels": 32},
+    "model": {
+        "num_channels": 32,
+        "channel_mult": "1,1,2,2,4,4",
+        "attention_resolutions": "16",
+        "num_head_channels": 32,
+    },
     "diffusion": {"weighting": "p2", "weighting_params": {"gamma": 1.0, "k": 1.0}},
-    "steps": 3, "batch_size": 2, "lr": 1e-4, "save_every": 3, "log_every": 1,
+    "steps": 3,
+    "batch_size": 2,
+    "lr": 1e-4,
+    "save_every": 3,
+    "log_every": 1,
 }
 
 
@@ -65,15 +74,43 @@ def main():
         for label, count in (("small", 16), ("large", args.images)):
             make_images(work / f"{label}_jpg", count)
             prepared = work / f"{label}_prepared"
-            prepare_mb, prepare_s = peak_rss_mb([*cli, "prepare", "--source", str(work / f"{label}_jpg"), "--out",
-                                                 str(prepared), "--resolution", "256", "--workers", str(args.workers)])
-            train_mb, train_s = peak_rss_mb([*cli, "train", "--data", str(prepared), "--out", str(work / f"{label}_run"),
-                                             "--spec", json.dumps(SPEC), "--threads", "2", "--no-progress"])
+            prepare_mb, prepare_s = peak_rss_mb(
+                [
+                    *cli,
+                    "prepare",
+                    "--source",
+                    str(work / f"{label}_jpg"),
+                    "--out",
+                    str(prepared),
+                    "--resolution",
+                    "256",
+                    "--workers",
+                    str(args.workers),
+                ]
+            )
+            train_mb, train_s = peak_rss_mb(
+                [
+                    *cli,
+                    "train",
+                    "--data",
+                    str(prepared),
+                    "--out",
+                    str(work / f"{label}_run"),
+                    "--spec",
+                    json.dumps(SPEC),
+                    "--threads",
+                    "2",
+                    "--no-progress",
+                ]
+            )
             report[label] = {
-                "images": count, "array_mb": round((prepared / "images.npy").stat().st_size / 2**20, 1),
-                "prepare_peak_rss_mb": round(prepare_mb, 1), "prepare_s": round(prepare_s, 1),
+                "images": count,
+                "array_mb": round((prepared / "images.npy").stat().st_size / 2**20, 1),
+                "prepare_peak_rss_mb": round(prepare_mb, 1),
+                "prepare_s": round(prepare_s, 1),
                 "prepare_img_per_s": round(count / prepare_s, 1),
-                "train_peak_rss_mb": round(train_mb, 1), "train_s": round(train_s, 1),
+                "train_peak_rss_mb": round(train_mb, 1),
+                "train_s": round(train_s, 1),
             }
         for step in ("prepare", "train"):
             growth = report["large"][f"{step}_peak_rss_mb"] - report["small"][f"{step}_peak_rss_mb"]

@@ -25,10 +25,28 @@ from p2core.diffusion import create_diffusion
 from p2core.train import _update_ema
 from p2core.unet import create_model
 
-SMALL = dict(image_size=32, num_channels=64, channel_mult="1,2,2,2", num_res_blocks=1, attention_resolutions="16",
-             num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True)
-PAPER = dict(image_size=256, num_channels=128, channel_mult="", num_res_blocks=1, attention_resolutions="16",
-             num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True)
+SMALL = dict(
+    image_size=32,
+    num_channels=64,
+    channel_mult="1,2,2,2",
+    num_res_blocks=1,
+    attention_resolutions="16",
+    num_head_channels=64,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    learn_sigma=True,
+)
+PAPER = dict(
+    image_size=256,
+    num_channels=128,
+    channel_mult="",
+    num_res_blocks=1,
+    attention_resolutions="16",
+    num_head_channels=64,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    learn_sigma=True,
+)
 
 
 def sync(device):
@@ -85,8 +103,12 @@ def train_throughput(knobs, batch, device, precision, channels_last, steps, warm
         step()
     sync(device)
     seconds = (time.perf_counter() - start) / steps
-    return {"img_per_s": batch / seconds, "step_s": seconds, "gflop_per_step": counter.get_total_flops() / 1e9,
-            "achieved_gflop_s": counter.get_total_flops() / seconds / 1e9}
+    return {
+        "img_per_s": batch / seconds,
+        "step_s": seconds,
+        "gflop_per_step": counter.get_total_flops() / 1e9,
+        "achieved_gflop_s": counter.get_total_flops() / seconds / 1e9,
+    }
 
 
 @torch.inference_mode()

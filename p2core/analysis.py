@@ -10,13 +10,13 @@ import pandas as pd
 import torch
 
 from p2core.atomic import atomic_write, atomic_write_text
-from p2core.restore import load_ema_model
 from p2core.data import load_prepared
 from p2core.device import pick_device
 from p2core.diffusion import GaussianDiffusion, create_diffusion
 from p2core.errors import P2Error
 from p2core.features import domain_distance, load_domain_classifier
 from p2core.metrics import lpips_model
+from p2core.restore import load_ema_model
 from p2core.sample import to_uint8
 from p2core.seeding import generator
 
@@ -35,8 +35,13 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def distance_vs_snr(
-    images: np.ndarray, diffusion: GaussianDiffusion, distance: Distance, timesteps: list[int],
-    num_pairs: int = 128, seed: int = 0, batch_size: int = 64,
+    images: np.ndarray,
+    diffusion: GaussianDiffusion,
+    distance: Distance,
+    timesteps: list[int],
+    num_pairs: int = 128,
+    seed: int = 0,
+    batch_size: int = 64,
 ) -> pd.DataFrame:
     """Figure 1: perceptual distance between noisy versions of the same image vs of two different images.
 
@@ -63,14 +68,26 @@ def distance_vs_snr(
             same.append(distance(noisy_a, diffusion.q_sample(a, steps, noise2)))
             different.append(distance(noisy_a, diffusion.q_sample(b, steps, noise2)))
         same, different = torch.cat(same).double(), torch.cat(different).double()
-        rows.append({"t": t, "snr": float(snr[t]), "same_mean": float(same.mean()), "same_std": float(same.std()),
-                     "different_mean": float(different.mean()), "different_std": float(different.std())})
+        rows.append(
+            {
+                "t": t,
+                "snr": float(snr[t]),
+                "same_mean": float(same.mean()),
+                "same_std": float(same.std()),
+                "different_mean": float(different.mean()),
+                "different_std": float(different.std()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 @torch.inference_mode()
 def reconstructions(
-    model: torch.nn.Module, diffusion: GaussianDiffusion, images: np.ndarray, timesteps: list[int], seed: int = 0,
+    model: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    images: np.ndarray,
+    timesteps: list[int],
+    seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Figure 2: the model's one-step prediction ``x0_hat`` from ``x_t`` at several t.
@@ -90,8 +107,9 @@ def reconstructions(
     return np.stack(noisy), np.stack(predicted)
 
 
-def perceptual_distance(kind: str, weights_dir: str | Path, domain_weights: str | Path | None = None
-                        ) -> tuple[Distance, str]:
+def perceptual_distance(
+    kind: str, weights_dir: str | Path, domain_weights: str | Path | None = None
+) -> tuple[Distance, str]:
     """Figure 1's distance and its label: ``lpips`` (AlexNet LPIPS, greyscale repeated to RGB) or ``domain`` (the
     domain classifier's normalised feature distance, for data LPIPS cannot judge)."""
     if kind == "lpips":
@@ -109,22 +127,44 @@ def perceptual_distance(kind: str, weights_dir: str | Path, domain_weights: str 
     raise P2Error(f"unknown distance {kind!r}; choose lpips or domain")
 
 
-def write_distance_vs_snr(data_folder: str | Path, out: str | Path, distance: str, weights_dir: str | Path,
-                          domain_weights: str | Path | None = None, schedule: str = "linear",
-                          num_timesteps: int = 1000, points: int = 25, pairs: int = 128, seed: int = 0) -> pd.DataFrame:
+def write_distance_vs_snr(
+    data_folder: str | Path,
+    out: str | Path,
+    distance: str,
+    weights_dir: str | Path,
+    domain_weights: str | Path | None = None,
+    schedule: str = "linear",
+    num_timesteps: int = 1000,
+    points: int = 25,
+    pairs: int = 128,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Figure 1's data for a prepared dataset as a CSV (:func:`distance_vs_snr` plus ``dataset`` and ``distance``)."""
     data = load_prepared(data_folder)
     measure, label = perceptual_distance(distance, weights_dir, domain_weights)
-    table = distance_vs_snr(data.images, create_diffusion(schedule, num_timesteps), measure,
-                            evenly_spaced_timesteps(num_timesteps, points), num_pairs=pairs, seed=seed)
+    table = distance_vs_snr(
+        data.images,
+        create_diffusion(schedule, num_timesteps),
+        measure,
+        evenly_spaced_timesteps(num_timesteps, points),
+        num_pairs=pairs,
+        seed=seed,
+    )
     table.insert(0, "distance", label)
     table.insert(0, "dataset", data.meta.get("name"))
     atomic_write_text(out, table.to_csv(index=False))
     return table
 
 
-def write_reconstructions(checkpoint: str | Path, data_folder: str | Path, out: str | Path, num_images: int = 4,
-                          points: int = 8, seed: int = 0, device: str = "auto") -> None:
+def write_reconstructions(
+    checkpoint: str | Path,
+    data_folder: str | Path,
+    out: str | Path,
+    num_images: int = 4,
+    points: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+) -> None:
     """Figure 2's data as ``.npz``: ``num_images`` seeded dataset images at ``points`` timesteps (``noisy``,
     ``predicted`` uint8 (points, N, H, W, C), ``timesteps``, ``snr``)."""
     device = pick_device(device)

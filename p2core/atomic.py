@@ -17,8 +17,10 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 def disk_full(path: str | Path, error: BaseException | None) -> DiskFull | None:
     """A :class:`DiskFull` for ``path`` when ``error`` is an out-of-space ``OSError``, else ``None``."""
     if isinstance(error, OSError) and error.errno in NO_SPACE:
-        return DiskFull(f"no space left writing {path} ({os.strerror(error.errno)}); free space or raise the quota, "
-                        "then rerun (earlier files are intact)")
+        return DiskFull(
+            f"no space left writing {path} ({os.strerror(error.errno)}); free space or raise the quota, "
+            "then rerun (earlier files are intact)"
+        )
     return None
 
 

@@ -58,4 +58,3 @@ def load_weights(model: nn.Module, state_dict: dict, source: str | Path) -> None
         ]
         raise CheckpointError(f"checkpoint {source} does not fit this model: {'; '.join(parts)} parameters")
     model.load_state_dict(state_dict)
-

@@ -40,7 +40,12 @@ def cmd_prepare(args) -> None:
         meta = data.prepare_embedded(args.embedded, args.out, args.resolution)
     else:
         meta = data.prepare_folder(
-            args.source, args.out, args.resolution, args.name or Path(args.source).stem, args.flip, args.skip_unreadable,
+            args.source,
+            args.out,
+            args.resolution,
+            args.name or Path(args.source).stem,
+            args.flip,
+            args.skip_unreadable,
             workers=args.workers,
         )
     print(json.dumps({k: meta[k] for k in ("count", "resolution", "channels", "flip")}))
@@ -52,8 +57,13 @@ def cmd_train(args) -> None:
     from p2core.train import TrainSpec, train
 
     torch.set_num_threads(args.threads)
-    final = train(TrainSpec.from_dict(_load_spec(args.spec)), args.data, args.out, device=args.device,
-                  progress=not args.no_progress)
+    final = train(
+        TrainSpec.from_dict(_load_spec(args.spec)),
+        args.data,
+        args.out,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {final}")
 
@@ -64,8 +74,18 @@ def cmd_sample(args) -> None:
     from p2core.sample import draw_shard
 
     torch.set_num_threads(args.threads)
-    images = draw_shard(args.checkpoint, args.sampler, args.out, args.start, args.num, args.batch_size, args.seed,
-                        args.device, args.precision, progress=not args.no_progress)
+    images = draw_shard(
+        args.checkpoint,
+        args.sampler,
+        args.out,
+        args.start,
+        args.num,
+        args.batch_size,
+        args.seed,
+        args.device,
+        args.precision,
+        progress=not args.no_progress,
+    )
     print(f"wrote images {args.start}..{args.start + len(images) - 1} to {args.out}")
 
 
@@ -80,8 +100,15 @@ def cmd_train_features(args) -> None:
     from p2core.features import train_domain_classifier
 
     data = load_prepared(args.data)
-    result = train_domain_classifier(data.images, data.labels, args.out, epochs=args.epochs, seed=args.seed,
-                                     min_accuracy=args.min_accuracy, progress=not args.no_progress)
+    result = train_domain_classifier(
+        data.images,
+        data.labels,
+        args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        min_accuracy=args.min_accuracy,
+        progress=not args.no_progress,
+    )
     print(json.dumps(result))
 
 
@@ -89,8 +116,16 @@ def cmd_evaluate(args) -> None:
     from p2core.metrics import evaluate_samples
 
     result = evaluate_samples(
-        args.samples, args.data, args.out, args.extractor, args.domain_weights, args.weights_dir, args.kid_subset_size,
-        args.cache_dir, args.device, tags=_parse_tags(args.tag),
+        args.samples,
+        args.data,
+        args.out,
+        args.extractor,
+        args.domain_weights,
+        args.weights_dir,
+        args.kid_subset_size,
+        args.cache_dir,
+        args.device,
+        tags=_parse_tags(args.tag),
     )
     print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor")}))
 
@@ -112,8 +147,18 @@ def cmd_distance_vs_snr(args) -> None:
     from p2core.analysis import write_distance_vs_snr
 
     torch.set_num_threads(args.threads)
-    write_distance_vs_snr(args.data, args.out, args.distance, args.weights_dir, args.domain_weights, args.schedule,
-                          args.num_timesteps, args.points, args.pairs, args.seed)
+    write_distance_vs_snr(
+        args.data,
+        args.out,
+        args.distance,
+        args.weights_dir,
+        args.domain_weights,
+        args.schedule,
+        args.num_timesteps,
+        args.points,
+        args.pairs,
+        args.seed,
+    )
 
 
 def cmd_reconstruct(args) -> None:
@@ -171,13 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, help="ema.pt, ema_step{N}.pt or checkpoint.pt")
     sample.add_argument("--sampler", default="ddpm250", help="ddpm250, ddim25, ddpm10,10,10, ... (default ddpm250)")
     sample.add_argument("--num", type=int, required=True, help="number of images")
-    sample.add_argument("--start", type=int, default=0,
-                        help="number of the first image: draws images START..START+NUM-1 of the set (a shard)")
+    sample.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        help="number of the first image: draws images START..START+NUM-1 of the set (a shard)",
+    )
     sample.add_argument("--batch-size", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto")
-    sample.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="auto: bf16 where the device has native bf16")
+    sample.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="auto: bf16 where the device has native bf16",
+    )
     sample.add_argument("--out", required=True, help="output shard .npz (uint8 NHWC, key arr_0, and first_index)")
     sample.add_argument("--grid", help="also write a PNG grid here")
     sample.add_argument("--grid-count", type=int, default=64, help="images in the grid")
@@ -245,8 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--out", required=True, help="PNG path; the PDF goes beside it")
     figure.add_argument("--title")
     figure.add_argument("--num-timesteps", type=int, default=1000, help="fig3")
-    figure.add_argument("--weightings", default='{"baseline": ["uniform", {}], "p2": ["p2", {"gamma": 1.0, "k": 1.0}]}',
-                        help="fig3: JSON {label: [weighting, params]}")
+    figure.add_argument(
+        "--weightings",
+        default='{"baseline": ["uniform", {}], "p2": ["p2", {"gamma": 1.0, "k": 1.0}]}',
+        help="fig3: JSON {label: [weighting, params]}",
+    )
     figure.add_argument("--grid-count", type=int, default=36, help="samples: images per panel")
     figure.set_defaults(run=cmd_figure)
 

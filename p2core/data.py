@@ -64,7 +64,9 @@ def _npy_header(shape: tuple[int, ...], length: int | None = None) -> bytes:
     length = length or -(-(10 + len(text) + 1) // 64) * 64
     if 10 + len(text) + 1 > length:
         raise ValueError(f"shape {shape} does not fit a {length}-byte header")
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", length - 10) + (text + " " * (length - 11 - len(text)) + "\n").encode()
+    return (
+        b"\x93NUMPY\x01\x00" + struct.pack("<H", length - 10) + (text + " " * (length - 11 - len(text)) + "\n").encode()
+    )
 
 
 class ImageArrayWriter:
@@ -119,8 +121,10 @@ class ImageArrayWriter:
     def append(self, images: np.ndarray) -> None:
         """Write uint8 (n, H, W, C) ``images`` after those already written."""
         if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.image_shape:
-            raise DataError(f"prepared images must be uint8 (N, {', '.join(map(str, self.image_shape))}), "
-                            f"got {images.dtype} {images.shape}")
+            raise DataError(
+                f"prepared images must be uint8 (N, {', '.join(map(str, self.image_shape))}), "
+                f"got {images.dtype} {images.shape}"
+            )
         if self.count + len(images) > self.capacity:
             raise ValueError(f"more than the {self.capacity} images this writer was made for")
         data = np.ascontiguousarray(images).data
@@ -161,8 +165,14 @@ def _commit_prepared(folder: Path, writer: ImageArrayWriter, meta: dict, labels:
     if labels is not None:
         atomic_write(folder / "labels.npy", lambda handle: np.save(handle, labels.astype(np.int64)))
     height, width, channels = writer.image_shape
-    meta = {**meta, "count": writer.count, "resolution": height, "channels": channels, "labelled": labels is not None,
-            "sha256": writer.sha256.hexdigest()}
+    meta = {
+        **meta,
+        "count": writer.count,
+        "resolution": height,
+        "channels": channels,
+        "labelled": labels is not None,
+        "sha256": writer.sha256.hexdigest(),
+    }
     atomic_write(folder / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
     return meta
 
@@ -180,7 +190,8 @@ def save_prepared(folder: str | Path, images: np.ndarray, meta: dict, labels: np
 
 
 def load_prepared(folder: str | Path, verify: bool = False) -> PreparedDataset:
-    """Open a prepared dataset, its images memory-mapped; ``verify`` re-hashes them (in chunks) against ``meta.json``."""
+    """Open a prepared dataset, its images memory-mapped; ``verify`` re-hashes them (in chunks) against its
+    ``meta.json``."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.exists():
@@ -191,8 +202,10 @@ def load_prepared(folder: str | Path, verify: bool = False) -> PreparedDataset:
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder / 'images.npy'} is unreadable ({exc}); prepare the dataset again") from None
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != meta.get("count"):
-        raise DataError(f"{folder / 'images.npy'} holds {images.dtype} {images.shape}, not the {meta.get('count')} "
-                        "images meta.json describes; prepare the dataset again")
+        raise DataError(
+            f"{folder / 'images.npy'} holds {images.dtype} {images.shape}, not the {meta.get('count')} "
+            "images meta.json describes; prepare the dataset again"
+        )
     if verify and array_sha256(images) != meta["sha256"]:
         raise DataError(f"{folder / 'images.npy'} does not match the hash in meta.json; prepare it again")
     labels = np.load(folder / "labels.npy") if meta.get("labelled") else None
@@ -306,8 +319,14 @@ def default_workers() -> int:
 
 
 def prepare_folder(
-    source: str | Path, folder: str | Path, resolution: int, name: str, flip: bool = True, skip_unreadable: bool = False,
-    workers: int | None = None, progress: bool = True,
+    source: str | Path,
+    folder: str | Path,
+    resolution: int,
+    name: str,
+    flip: bool = True,
+    skip_unreadable: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Prepare every png/jpg/jpeg/webp under ``source`` (a folder, searched recursively, or a zip) into ``folder``.
 
@@ -327,7 +346,7 @@ def prepare_folder(
     decoded = _ordered_map(partial(_decode, resolution=resolution), sources, workers or default_workers())
     bar = progress_bar(decoded, total=len(sources), desc=f"preparing {source.name}", disable=not progress, unit="img")
     with ImageArrayWriter(folder / "images.npy", len(sources), (resolution, resolution, 3)) as writer:
-        for (path, member), (status, value) in zip(sources, bar):
+        for (path, member), (status, value) in zip(sources, bar, strict=True):
             label = f"{path}:{member}" if member else path
             if status == "small":
                 raise DataError(f"image {label} is {value}, smaller than the target {resolution} px")
@@ -340,8 +359,14 @@ def prepare_folder(
         if writer.count == 0:
             raise DataError(f"all {len(sources)} images under {source} were unreadable")
         writer.finish()
-        meta = {"name": name, "source": str(source), "flip": flip, "found": len(sources), "skipped": len(skipped),
-                "skipped_files": skipped[:20]}
+        meta = {
+            "name": name,
+            "source": str(source),
+            "flip": flip,
+            "found": len(sources),
+            "skipped": len(skipped),
+            "skipped_files": skipped[:20],
+        }
         return _commit_prepared(folder, writer, meta, None)
 
 

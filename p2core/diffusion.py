@@ -17,6 +17,7 @@ Timesteps ``t`` are indices into *this* process (``0 .. num_timesteps-1``); a re
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Callable, Iterator, Sequence
 
@@ -190,10 +191,8 @@ class GaussianDiffusion:
         :meth:`respaced` for fewer steps. Noise comes from ``generator`` (on ``device``), so a seed fixes the output;
         a list of ``B`` generators gives each image its own stream (see :func:`gaussian_noise`).
         """
-        final = None
-        for final in self.sample_progressive(model, shape, sampler, eta, clip_denoised, generator, device, progress):
-            pass
-        return final
+        steps = self.sample_progressive(model, shape, sampler, eta, clip_denoised, generator, device, progress)
+        return collections.deque(steps, maxlen=1)[0]  # the last x, keeping no intermediate one
 
     def sample_progressive(
         self, model, shape, sampler="ddpm", eta=0.0, clip_denoised=True, generator=None, device="cpu", progress=False

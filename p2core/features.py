@@ -36,8 +36,12 @@ class DomainClassifier(nn.Module):
 
         def stage(cin, cout):
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
             )
 
         self.blocks = nn.ModuleList([stage(in_channels, 32), stage(32, 64), stage(64, FEATURE_DIM)])
@@ -66,8 +70,14 @@ def _to_input(images_uint8: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def train_domain_classifier(
-    images: np.ndarray, labels: np.ndarray, out_path: str | Path, epochs: int = 15, seed: int = 0,
-    holdout: float = 0.2, min_accuracy: float = 0.0, progress: bool = True,
+    images: np.ndarray,
+    labels: np.ndarray,
+    out_path: str | Path,
+    epochs: int = 15,
+    seed: int = 0,
+    holdout: float = 0.2,
+    min_accuracy: float = 0.0,
+    progress: bool = True,
 ) -> dict:
     """Train the classifier on a labelled prepared set (uint8 NHWC) and save it; returns held-out accuracy.
 
@@ -106,11 +116,19 @@ def train_domain_classifier(
         predictions = model(_to_input(x_all[test_idx], resolution)).argmax(1)
     accuracy = float((predictions == y_all[test_idx]).float().mean())
     if accuracy < min_accuracy:
-        raise DataError(f"domain classifier reached only {accuracy:.3f} held-out accuracy (< {min_accuracy}); its "
-                        "features would make a poor metric: train longer or check the labels")
+        raise DataError(
+            f"domain classifier reached only {accuracy:.3f} held-out accuracy (< {min_accuracy}); its "
+            "features would make a poor metric: train longer or check the labels"
+        )
     config = {"in_channels": channels, "resolution": resolution, "num_classes": num_classes}
-    save_checkpoint(out_path, "domain-classifier", state_dict=model.state_dict(), config=config,
-                    heldout_accuracy=accuracy, heldout_count=n_test)
+    save_checkpoint(
+        out_path,
+        "domain-classifier",
+        state_dict=model.state_dict(),
+        config=config,
+        heldout_accuracy=accuracy,
+        heldout_count=n_test,
+    )
     return {"heldout_accuracy": accuracy, "heldout_count": n_test, "train_count": len(train_idx)}
 
 
@@ -171,7 +189,7 @@ def domain_distance(classifier: DomainClassifier, a: torch.Tensor, b: torch.Tens
     stage, averaged over stages (no learned per-channel weights). ``a``, ``b`` float (B, C, H, W) in [-1, 1]; (B,)."""
     total = 0.0
     stages_a, stages_b = classifier.stages(a), classifier.stages(b)
-    for fa, fb in zip(stages_a, stages_b):
+    for fa, fb in zip(stages_a, stages_b, strict=True):
         fa = fa / (fa.norm(dim=1, keepdim=True) + 1e-10)
         fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
         total = total + (fa - fb).square().sum(dim=1).mean(dim=(1, 2))

@@ -49,8 +49,12 @@ class FileLock:
         self.path = Path(path)
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
-        self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
-                         "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.identity = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": _process_start(os.getpid()),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -63,9 +67,11 @@ class FileLock:
                 return self
             holder = self._holder()
             if holder is not None and not self._stale(holder):
-                raise Locked(f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
-                             f"since {holder.get('since')} (lock {self.path}); wait for it, or delete the lock file "
-                             "if that process is gone")
+                raise Locked(
+                    f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                    f"since {holder.get('since')} (lock {self.path}); wait for it, or delete the lock file "
+                    "if that process is gone"
+                )
             self._take_over()
         raise Locked(f"could not take the lock {self.path}: other processes keep taking it over")
 

@@ -30,7 +30,9 @@ from p2core.shards import SampleShards
 INCEPTION = "inception-v3-compat"
 DOMAIN = "domain"
 EXTRACTORS = (INCEPTION, DOMAIN)
-INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 DEFAULT_WEIGHTS_DIR = Path("resources/weights")
 
@@ -144,9 +146,18 @@ def fid_kid(
     cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     rgb = extractor == INCEPTION
     options = dict(
-        input1=UInt8Images(generated, rgb), input2=UInt8Images(reference, rgb), cuda=cuda, fid=True, kid=True,
-        feature_extractor=extractor, feature_extractor_weights_path=str(weights), kid_subset_size=kid_subset_size,
-        kid_subsets=kid_subsets, verbose=False, batch_size=64, save_cpu_ram=True,
+        input1=UInt8Images(generated, rgb),
+        input2=UInt8Images(reference, rgb),
+        cuda=cuda,
+        fid=True,
+        kid=True,
+        feature_extractor=extractor,
+        feature_extractor_weights_path=str(weights),
+        kid_subset_size=kid_subset_size,
+        kid_subsets=kid_subsets,
+        verbose=False,
+        batch_size=64,
+        save_cpu_ram=True,
     )
     if cache_dir is not None:
         options.update(cache=True, cache_root=str(cache_dir), input2_cache_name=f"{reference_name}-{weights_hash[:12]}")
@@ -194,17 +205,33 @@ def write_json(path: str | Path, content: dict) -> None:
     atomic_write(path, lambda handle: handle.write((json.dumps(content, indent=2) + "\n").encode()))
 
 
-def evaluate_samples(shard_paths: list[str | Path], data_folder: str | Path, out: str | Path,
-                     extractor: str = INCEPTION, domain_weights: str | Path | None = None,
-                     weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, kid_subset_size: int = 1000,
-                     cache_dir: str | Path | None = None, device: str = "auto", tags: dict | None = None) -> dict:
+def evaluate_samples(
+    shard_paths: list[str | Path],
+    data_folder: str | Path,
+    out: str | Path,
+    extractor: str = INCEPTION,
+    domain_weights: str | Path | None = None,
+    weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+    kid_subset_size: int = 1000,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    tags: dict | None = None,
+) -> dict:
     """FID/KID (:func:`fid_kid`) of a sample set, read from its shard files, against a prepared dataset; writes the
     metrics JSON to ``out`` with the shard list, the dataset hash and ``tags`` (what the tables group by)."""
     data = load_prepared(data_folder)
     reference_name = f"{data.meta.get('name', 'data')}-{data.meta['sha256'][:12]}"
-    result = fid_kid(SampleShards(shard_paths), data.images, extractor, reference_name=reference_name,
-                     domain_weights=domain_weights, weights_dir=weights_dir, kid_subset_size=kid_subset_size,
-                     cache_dir=cache_dir, device=device)
+    result = fid_kid(
+        SampleShards(shard_paths),
+        data.images,
+        extractor,
+        reference_name=reference_name,
+        domain_weights=domain_weights,
+        weights_dir=weights_dir,
+        kid_subset_size=kid_subset_size,
+        cache_dir=cache_dir,
+        device=device,
+    )
     result.update(samples=[str(p) for p in shard_paths], dataset_sha256=data.meta["sha256"], tags=tags or {})
     write_json(out, result)
     return result

@@ -14,7 +14,8 @@ import pandas as pd  # noqa: E402
 from p2core import tables  # noqa: E402
 from p2core.errors import P2Error  # noqa: E402
 from p2core.grids import image_grid  # noqa: E402
-from p2core.schedule import make_betas, snr as snr_of  # noqa: E402
+from p2core.schedule import make_betas  # noqa: E402
+from p2core.schedule import snr as snr_of
 from p2core.shards import SampleShards  # noqa: E402
 from p2core.weighting import loss_weights, normalised, vlb_weights  # noqa: E402
 
@@ -39,8 +40,16 @@ def _shade_stages(ax, label: bool = True, invert: bool = True) -> None:
     for name, low, high, colour in STAGES:
         ax.axvspan(max(low, 1e-6), high, color=colour, zorder=0, lw=0)
         if label:
-            ax.text(np.sqrt(max(low, 1e-5) * high), 0.98, name, transform=ax.get_xaxis_transform(), ha="center",
-                    va="top", fontsize=8, color="0.35")
+            ax.text(
+                np.sqrt(max(low, 1e-5) * high),
+                0.98,
+                name,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="0.35",
+            )
     ax.set_xscale("log")
     if invert:
         ax.invert_xaxis()
@@ -55,10 +64,19 @@ def figure1(table: pd.DataFrame, distance_name: str, dataset: str, path: str | P
     """Distance vs SNR for same-image and different-image pairs (columns of :func:`distance_vs_snr`)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     _shade_stages(ax)
-    for key, label, colour in (("same", "same image, two noises", "#2b8cbe"), ("different", "two different images", "#e34a33")):
+    for key, label, colour in (
+        ("same", "same image, two noises", "#2b8cbe"),
+        ("different", "two different images", "#e34a33"),
+    ):
         ax.plot(table["snr"], table[f"{key}_mean"], "o-", ms=3, color=colour, label=label)
-        ax.fill_between(table["snr"], table[f"{key}_mean"] - table[f"{key}_std"],
-                        table[f"{key}_mean"] + table[f"{key}_std"], color=colour, alpha=0.2, lw=0)
+        ax.fill_between(
+            table["snr"],
+            table[f"{key}_mean"] - table[f"{key}_std"],
+            table[f"{key}_mean"] + table[f"{key}_std"],
+            color=colour,
+            alpha=0.2,
+            lw=0,
+        )
     ax.set_xlabel("SNR(t)")
     ax.set_ylabel(distance_name)
     ax.set_title(f"Fig. 1 ({dataset}): perceptual distance between noisy images", fontsize=9)
@@ -66,8 +84,9 @@ def figure1(table: pd.DataFrame, distance_name: str, dataset: str, path: str | P
     save_figure(fig, path)
 
 
-def figure2(noisy: np.ndarray, predicted: np.ndarray, timesteps: list[int], snrs: list[float], title: str,
-            path: str | Path) -> None:
+def figure2(
+    noisy: np.ndarray, predicted: np.ndarray, timesteps: list[int], snrs: list[float], title: str, path: str | Path
+) -> None:
     """Rows: pairs of ``x_t`` and ``x0_hat`` per image; columns: timesteps labelled with their SNR.
 
     ``noisy``/``predicted``: uint8 (T, N, H, W, C) from :func:`p2core.analysis.reconstructions`.
@@ -106,7 +125,9 @@ def figure3(num_timesteps: int, weightings: dict[str, tuple[str, dict]], path: s
             _shade_stages(axes[row, column], label=row == 0, invert=row == 0)  # the rows share their x axis
         for index, (label, (name, params)) in enumerate(weightings.items()):
             colour = _colour(label, index)
-            axes[0, column].plot(snr[keep], normalised(vlb_weights(name, betas, **params))[keep], color=colour, label=label)
+            axes[0, column].plot(
+                snr[keep], normalised(vlb_weights(name, betas, **params))[keep], color=colour, label=label
+            )
             axes[1, column].plot(snr[keep], loss_weights(name, abar, **params)[keep], color=colour, label=label)
         axes[0, column].set_title(f"{schedule} schedule, T={num_timesteps}", fontsize=9)
         axes[0, column].set_yscale("log")
@@ -130,8 +151,14 @@ def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid",
     for label, rows in table.groupby(group, sort=False):
         stats = rows.groupby(x)[y].agg(["mean", "std", "count"]).reset_index().sort_values(x)
         colour = _colour(family(label), others.index(family(label)) if family(label) in others else 0)
-        ax.plot(stats[x], stats["mean"], "o--" if dashed(str(label)) else "o-", ms=3, color=colour,
-                label=f"{label} (n={int(stats['count'].max())})")
+        ax.plot(
+            stats[x],
+            stats["mean"],
+            "o--" if dashed(str(label)) else "o-",
+            ms=3,
+            color=colour,
+            label=f"{label} (n={int(stats['count'].max())})",
+        )
         spread = stats["std"].fillna(0)
         ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread, color=colour, alpha=0.2, lw=0)
 
@@ -166,7 +193,7 @@ def figure7(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
 def sample_comparison(grids: dict[str, np.ndarray], title: str, path: str | Path) -> None:
     """Figures 5/6: sample grids side by side (``label -> uint8 (H, W, C)`` grid), same seeds in every panel."""
     fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
-    for ax, (label, grid) in zip(axes[0], grids.items()):
+    for ax, (label, grid) in zip(axes[0], grids.items(), strict=True):
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(label, fontsize=10)
         ax.axis("off")
@@ -177,8 +204,15 @@ def sample_comparison(grids: dict[str, np.ndarray], title: str, path: str | Path
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig7", "samples")
 
 
-def draw(which: str, inputs: list[str], out: str | Path, title: str | None = None, num_timesteps: int = 1000,
-         weightings: dict[str, tuple[str, dict]] | None = None, grid_count: int = 36) -> None:
+def draw(
+    which: str,
+    inputs: list[str],
+    out: str | Path,
+    title: str | None = None,
+    num_timesteps: int = 1000,
+    weightings: dict[str, tuple[str, dict]] | None = None,
+    grid_count: int = 36,
+) -> None:
     """Draw figure ``which`` from its input files into ``out`` (PNG, PDF beside it).
 
     ``fig1``: the distance-vs-SNR CSV; ``fig2``: the reconstructions ``.npz``; ``fig3``: no inputs, ``weightings``
@@ -190,8 +224,14 @@ def draw(which: str, inputs: list[str], out: str | Path, title: str | None = Non
         figure1(table, table["distance"].iloc[0], table["dataset"].iloc[0], out)
     elif which == "fig2":
         with np.load(inputs[0]) as arrays:
-            figure2(arrays["noisy"], arrays["predicted"], arrays["timesteps"].tolist(), arrays["snr"].tolist(),
-                    title or "Fig. 2: reconstructions x0_hat from x_t", out)
+            figure2(
+                arrays["noisy"],
+                arrays["predicted"],
+                arrays["timesteps"].tolist(),
+                arrays["snr"].tolist(),
+                title or "Fig. 2: reconstructions x0_hat from x_t",
+                out,
+            )
     elif which == "fig3":
         figure3(num_timesteps, weightings or {"baseline": ("uniform", {})}, out)
     elif which == "fig4":

@@ -51,7 +51,7 @@ def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]
 
 def _ddim_steps(num_timesteps: int, text: str) -> set[int]:
     try:
-        desired = int(text[len("ddim"):])
+        desired = int(text[len("ddim") :])
     except ValueError:
         raise ValueError(f"bad respacing spec {text!r}: expected 'ddimN' with an integer N") from None
     for stride in range(1, num_timesteps):
@@ -84,7 +84,7 @@ def parse_sampler(name: str) -> tuple[str, str]:
     """
     for kind in SAMPLERS:
         if name.startswith(kind):
-            spec = name[len(kind):]
+            spec = name[len(kind) :]
             if kind == "ddim" and spec.isdigit():
                 spec = f"ddim{spec}"
             return kind, spec

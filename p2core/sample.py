@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2core.restore import load_ema_model
 from p2core.device import autocast, pick_device
 from p2core.errors import P2Error
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
 from p2core.respace import parse_sampler
+from p2core.restore import load_ema_model
 from p2core.seeding import generator
 from p2core.shards import save_shard
 
@@ -53,22 +53,42 @@ def generate(
     channels, size = geometry["in_channels"], geometry["image_size"]
     mixed_precision = autocast(precision, device)
     batches = []
-    bar = progress_bar(total=num_samples, desc=f"sample {sampler} images {start}..{start + num_samples - 1}",
-                       disable=not progress, unit="img")
+    bar = progress_bar(
+        total=num_samples,
+        desc=f"sample {sampler} images {start}..{start + num_samples - 1}",
+        disable=not progress,
+        unit="img",
+    )
     for first in range(start, start + num_samples, batch_size):
         numbers = range(first, min(first + batch_size, start + num_samples))
         generators = [generator(seed, "sample", i, device=device) for i in numbers]
         with mixed_precision:
-            x = process.sample(model, (len(numbers), channels, size, size), kind, clip_denoised=clip_denoised,
-                               generator=generators, device=device)
+            x = process.sample(
+                model,
+                (len(numbers), channels, size, size),
+                kind,
+                clip_denoised=clip_denoised,
+                generator=generators,
+                device=device,
+            )
         batches.append(to_uint8(x))
         bar.update(len(numbers))
     bar.close()
     return np.concatenate(batches)
 
 
-def draw_shard(checkpoint: str | Path, sampler: str, out: str | Path, start: int, num: int, batch_size: int = 64,
-               seed: int = 0, device: str = "auto", precision: str = "fp32", progress: bool = True) -> np.ndarray:
+def draw_shard(
+    checkpoint: str | Path,
+    sampler: str,
+    out: str | Path,
+    start: int,
+    num: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
+    progress: bool = True,
+) -> np.ndarray:
     """Draw images ``start .. start+num-1`` (see :func:`generate`) into the shard file ``out``, holding a lock on it
     (``.<name>.lock`` beside it) so that a duplicated job exits instead of drawing the same shard twice."""
     out = Path(out)

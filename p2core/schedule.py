@@ -27,9 +27,7 @@ def make_betas(name: str, num_timesteps: int) -> np.ndarray:
         scale = 1000 / num_timesteps
         return np.linspace(scale * 0.0001, scale * 0.02, num_timesteps, dtype=np.float64)
     if name == "cosine":
-        return betas_from_alpha_bar(
-            lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2, num_timesteps
-        )
+        return betas_from_alpha_bar(lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2, num_timesteps)
     raise ValueError(f"unknown noise schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 

@@ -45,7 +45,9 @@ def open_shard(path: str | Path) -> tuple[np.memmap, int]:
             name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
             handle.seek(info.header_offset + _LOCAL_HEADER_SIZE + name_length + extra_length)
             version = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(handle)
             offset = handle.tell()
         if dtype != np.uint8 or len(shape) != 4 or fortran:
@@ -74,8 +76,9 @@ class SampleShards:
         expected = opened[0][1]
         for images, first, path in opened:
             if first != expected:
-                raise DataError(f"sample shard {path} starts at image {first}, expected {expected}: shards missing "
-                                "or overlapping")
+                raise DataError(
+                    f"sample shard {path} starts at image {first}, expected {expected}: shards missing or overlapping"
+                )
             if images.shape[1:] != opened[0][0].shape[1:]:
                 raise DataError(f"sample shard {path} holds {images.shape[1:]} images, others {opened[0][0].shape[1:]}")
             expected += len(images)

@@ -26,8 +26,13 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """FID and KID mean, std over seeds, the seed count and the provenance columns, per group."""
     grouped = table.groupby(by, sort=False)
     out = grouped.agg(
-        fid_mean=("fid", "mean"), fid_std=("fid", "std"), kid_mean=("kid_mean", "mean"), kid_std=("kid_mean", "std"),
-        seeds=("seed", "nunique"), extractor=("extractor", "first"), n_generated=("n_generated", "first"),
+        fid_mean=("fid", "mean"),
+        fid_std=("fid", "std"),
+        kid_mean=("kid_mean", "mean"),
+        kid_std=("kid_mean", "std"),
+        seeds=("seed", "nunique"),
+        extractor=("extractor", "first"),
+        n_generated=("n_generated", "first"),
         n_reference=("n_reference", "first"),
     ).reset_index()
     for column in ("training_steps", "sampler"):
@@ -50,8 +55,14 @@ def table3(metrics: pd.DataFrame) -> pd.DataFrame:
 def table4(metrics: pd.DataFrame) -> pd.DataFrame:
     """Table 4 / Figure 7 data: FID per sampler (with its number of steps and kind) and objective."""
     out = _summary(metrics, ["dataset", "sampler", "objective"])
-    kinds_steps = [_sampler_steps(s, num_timesteps) for s, num_timesteps in
-                   zip(out["sampler"], metrics.groupby(["dataset", "sampler", "objective"], sort=False)["num_timesteps"].first())]
+    kinds_steps = [
+        _sampler_steps(s, num_timesteps)
+        for s, num_timesteps in zip(
+            out["sampler"],
+            metrics.groupby(["dataset", "sampler", "objective"], sort=False)["num_timesteps"].first(),
+            strict=True,
+        )
+    ]
     out.insert(2, "kind", [k for k, _ in kinds_steps])
     out.insert(3, "steps", [n for _, n in kinds_steps])
     return _with_gain(out.sort_values(["dataset", "kind", "steps", "objective"]), ["dataset", "sampler"])
@@ -60,7 +71,8 @@ def table4(metrics: pd.DataFrame) -> pd.DataFrame:
 def fid_during_training(metrics: pd.DataFrame) -> pd.DataFrame:
     """Figure 4 data: one row per (objective, seed, step)."""
     return metrics[["dataset", "objective", "seed", "step", "fid", "kid_mean", "extractor"]].sort_values(
-        ["objective", "seed", "step"])
+        ["objective", "seed", "step"]
+    )
 
 
 def table2(ours: pd.DataFrame, literature: pd.DataFrame | None) -> pd.DataFrame:
@@ -84,13 +96,16 @@ def _with_gain(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if "baseline" not in set(table["objective"]):
         return table
     baseline = table[table["objective"] == "baseline"].set_index(keys)["fid_mean"]
-    gains = [baseline.get(tuple(row[k] for k in keys) if len(keys) > 1 else row[keys[0]], float("nan")) - row["fid_mean"]
-             for _, row in table.iterrows()]
+    gains = [
+        baseline.get(tuple(row[k] for k in keys) if len(keys) > 1 else row[keys[0]], float("nan")) - row["fid_mean"]
+        for _, row in table.iterrows()
+    ]
     return table.assign(fid_gain_vs_baseline=gains)
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A plain Markdown rendering (no extra dependency)."""
+
     def cell(value):
         return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
@@ -108,8 +123,13 @@ def figure7_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 TABLES = ("table1", "table2", "table3", "table4")
 
 
-def write_table(which: str, inputs: list[str | Path], out: str | Path, literature: str | Path | None = None,
-                markdown: str | Path | None = None) -> pd.DataFrame:
+def write_table(
+    which: str,
+    inputs: list[str | Path],
+    out: str | Path,
+    literature: str | Path | None = None,
+    markdown: str | Path | None = None,
+) -> pd.DataFrame:
     """Build table ``which`` from metrics JSON files (``table2``: from the Table 1 CSV and an optional literature
     CSV) and write it as CSV to ``out`` (and as Markdown to ``markdown``)."""
     if which == "table2":

@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from p2core.atomic import atomic_write
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from p2core.device import PRECISIONS, autocast, pick_device
 from p2core.data import TrainingBatches, load_prepared
+from p2core.device import PRECISIONS, autocast, pick_device
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.lock import FileLock
@@ -106,8 +106,11 @@ class TrainSpec:
         unknown = sorted(set(values) - known)
         if unknown:
             raise P2Error(f"unknown training spec keys {unknown}; known: {sorted(known)}")
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(values))
         if missing:
             raise P2Error(f"training spec lacks required keys {missing}")
@@ -152,7 +155,9 @@ class Preempted(P2Error):
     """Training stopped on a signal after saving a checkpoint; rerunning resumes it."""
 
 
-def train(spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device: str = "auto", progress: bool = True) -> Path:
+def train(
+    spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device: str = "auto", progress: bool = True
+) -> Path:
     """Train (or resume) a run into ``out_dir``; returns the path of the final ``ema.pt``.
 
     Under ``torchrun`` with several processes the global ``batch_size`` is split across them (see
@@ -191,8 +196,9 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
             if stopping and done < spec.steps:
                 bar.close()
                 ranks.barrier()
-                raise Preempted(f"stopped by {stop.signal_name or 'a signal'} after step {done}; "
-                                "checkpoint saved, rerun to resume")
+                raise Preempted(
+                    f"stopped by {stop.signal_name or 'a signal'} after step {done}; checkpoint saved, rerun to resume"
+                )
     bar.close()
     run.save_ema("ema.pt", spec.steps)
     ranks.barrier()
@@ -232,8 +238,10 @@ class _Run:
         t = torch.randint(self.diffusion.num_timesteps, (self.spec.batch_size,), generator=gen)
         noise = torch.randn(x.shape, generator=gen)
         torch.manual_seed(derived_seed(self.spec.seed, "step", step))  # dropout
-        x, noise = (v[self.local].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-                    for v in (x, noise))
+        x, noise = (
+            v[self.local].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            for v in (x, noise)
+        )
         return x, t[self.local].to(self.device, non_blocking=True), noise
 
     def update(self, step: int) -> None:
@@ -268,8 +276,15 @@ class _Run:
         """Everything a resume needs, in ``checkpoint.pt``."""
         _check_finite_weights(self.ema, self.out_dir, done)
         if self.ranks.is_main:
-            save_checkpoint(self.out_dir / "checkpoint.pt", "train", spec=self.resolved, model=self.model.state_dict(),
-                            ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(), step=done)
+            save_checkpoint(
+                self.out_dir / "checkpoint.pt",
+                "train",
+                spec=self.resolved,
+                model=self.model.state_dict(),
+                ema=self.ema.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                step=done,
+            )
 
 
 def _microbatches(count: int, size: int | None) -> list[tuple[slice, bool]]:
@@ -285,7 +300,11 @@ def _resume(path: Path, resolved: dict, model, ema, optimizer) -> int:
     state = load_checkpoint(path, "train")
     stored = state["spec"]
     # only the length of the run may change between a checkpoint and its continuation
-    differing = sorted(k for k in resolved if k not in ("steps", "snapshot_steps", "save_every", "log_every") and stored.get(k) != resolved[k])
+    differing = sorted(
+        k
+        for k in resolved
+        if k not in ("steps", "snapshot_steps", "save_every", "log_every") and stored.get(k) != resolved[k]
+    )
     if differing:
         raise CheckpointError(
             f"{path} belongs to a run with different settings ({', '.join(differing)}); use another output folder"
@@ -331,12 +350,14 @@ class _IntervalStats:
         self.samples += len(t)
 
     def flush(self, step: int) -> dict:
-        sums, quarter_sums, quarter_counts = (self.ranks.sum(v) for v in (self.sums, self.quarter_sums, self.quarter_counts))
+        sums, quarter_sums, quarter_counts = (
+            self.ranks.sum(v) for v in (self.sums, self.quarter_sums, self.quarter_counts)
+        )
         samples = self.samples * self.ranks.world
         means = (sums / max(samples, 1)).tolist()
         quarters = (quarter_sums / quarter_counts.clamp(min=1)).tolist()
         elapsed = time.perf_counter() - self.started
-        row = dict(zip(LOG_COLUMNS[1:5], means), step=step)
+        row = dict(zip(LOG_COLUMNS[1:5], means, strict=True), step=step)
         row.update({f"loss_q{i}": q for i, q in enumerate(quarters)}, img_per_s=samples / max(elapsed, 1e-9))
         self._reset()
         return row
@@ -353,13 +374,18 @@ def _check_finite(row: dict, out_dir: Path, step: int) -> None:
 
 def _check_finite_weights(model: torch.nn.Module, out_dir: Path, step: int) -> None:
     """Refuse to write weights with NaN or infinite entries (a snapshot that looks complete but samples noise)."""
-    bad = [name for name, value in model.state_dict().items() if value.is_floating_point() and
-           not torch.isfinite(value).all()]
+    bad = [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not torch.isfinite(value).all()
+    ]
     if bad:
         kept = out_dir / "checkpoint.pt"
         where = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
-        raise TrainingDiverged(f"EMA weights are not finite at step {step} ({len(bad)} tensors, e.g. {bad[0]}); "
-                               f"{where}; lower the learning rate or check the data")
+        raise TrainingDiverged(
+            f"EMA weights are not finite at step {step} ({len(bad)} tensors, e.g. {bad[0]}); "
+            f"{where}; lower the learning rate or check the data"
+        )
 
 
 def _finite(value: float) -> bool:

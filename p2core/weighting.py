@@ -84,9 +84,7 @@ def loss_weights(name: str, alphas_cumprod: np.ndarray, **params: float) -> np.n
     accepted = list(inspect.signature(fn).parameters)[1:]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"weighting {name!r} takes parameters {accepted or 'none'}; got unknown {', '.join(unknown)}"
-        )
+        raise ValueError(f"weighting {name!r} takes parameters {accepted or 'none'}; got unknown {', '.join(unknown)}")
     weights = fn(snr_of(alphas_cumprod), **{key: float(value) for key, value in params.items()})
     if not np.isfinite(weights).all():
         raise ValueError(f"weighting {name!r} with {params} gives non-finite weights")

@@ -69,7 +69,8 @@ def built(tmp_path_factory):
     """A copy of the repo where the tiny config has been built to every artifact. Every job runs with
     PYTHONPROFILEIMPORTTIME, so its log lists the modules its process really imported."""
     workdir = make_workspace(tmp_path_factory.mktemp("dag"))
-    result = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml",
-                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    result = snakemake(
+        workdir, "--cores", "2", "--configfile", "config/test.yaml", env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

@@ -7,8 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from p2core.data import (TrainingBatches, center_crop_resize, digits, load_prepared, prepare_embedded, prepare_folder,
-                         save_prepared)
+from p2core.data import (
+    TrainingBatches,
+    center_crop_resize,
+    digits,
+    load_prepared,
+    prepare_embedded,
+    prepare_folder,
+    save_prepared,
+)
 from p2core.errors import DataError, DiskFull
 from p2core.seeding import generator
 
@@ -142,7 +149,7 @@ def test_flip_only_when_enabled(rng):
     images = rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8)
     plain = TrainingBatches(images, 64, seed=0, flip=False).batch(0, generator(0, "step", 0))
     flipped = TrainingBatches(images, 64, seed=0, flip=True).batch(0, generator(0, "step", 0))
-    changed = [not torch.equal(a, b) for a, b in zip(plain, flipped)]
+    changed = [not torch.equal(a, b) for a, b in zip(plain, flipped, strict=True)]
     assert 10 < sum(changed) < 54
-    for a, b, was_changed in zip(plain, flipped, changed):
+    for a, b, was_changed in zip(plain, flipped, changed, strict=True):
         assert torch.equal(b, a.flip(-1) if was_changed else a)

@@ -42,9 +42,10 @@ def test_q_sample_formula():
     x0, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
     t = torch.tensor([0, 50, 99])
     abar = np.cumprod(1 - make_betas("linear", T))[[0, 50, 99]]
-    expected = torch.tensor(np.sqrt(abar), dtype=torch.float32).view(-1, 1, 1, 1) * x0 + torch.tensor(
-        np.sqrt(1 - abar), dtype=torch.float32
-    ).view(-1, 1, 1, 1) * noise
+    expected = (
+        torch.tensor(np.sqrt(abar), dtype=torch.float32).view(-1, 1, 1, 1) * x0
+        + torch.tensor(np.sqrt(1 - abar), dtype=torch.float32).view(-1, 1, 1, 1) * noise
+    )
     torch.testing.assert_close(diffusion.q_sample(x0, t, noise), expected)
 
 
@@ -107,7 +108,9 @@ def test_vb_is_rescaled_by_T_over_1000():
 
 def test_fixed_variance_model_has_no_vb_term():
     diffusion = create_diffusion(num_timesteps=T, learn_sigma=False)
-    losses = diffusion.training_losses(FixedOutput(torch.randn(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4), torch.tensor([1, 2]))
+    losses = diffusion.training_losses(
+        FixedOutput(torch.randn(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4), torch.tensor([1, 2])
+    )
     assert torch.count_nonzero(losses["vb"]) == 0
     with pytest.raises(ValueError, match="output channels"):
         create_diffusion(num_timesteps=T).training_losses(

@@ -12,11 +12,10 @@ import re
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 DOCUMENTS = ("README.md", "config/README.md")
 PAPER_DATASETS = ("ffhq", "celebahq", "metfaces", "afhq_dog", "flowers", "cub")
 

@@ -38,8 +38,12 @@ def test_extractor_is_registered_with_torch_fidelity():
 def test_fid_self_is_zero_and_grows_with_noise(domain, tmp_path):
     images, path, _ = domain
     half = images[:800]
-    results = [fid_kid(noisy(half, s) if s else half, half, "domain", domain_weights=path, kid_subset_size=200,
-                       cache_dir=tmp_path) for s in (0, 20, 40, 80)]
+    results = [
+        fid_kid(
+            noisy(half, s) if s else half, half, "domain", domain_weights=path, kid_subset_size=200, cache_dir=tmp_path
+        )
+        for s in (0, 20, 40, 80)
+    ]
     fids = [r["fid"] for r in results]
     assert abs(fids[0]) < 1e-6 and abs(results[0]["kid_mean"]) < results[0]["kid_std"]  # KID is unbiased, not 0
     assert fids == sorted(fids) and fids[-1] > 2 * fids[1]
@@ -51,8 +55,17 @@ def test_fid_self_is_zero_and_grows_with_noise(domain, tmp_path):
 def test_metrics_record_their_provenance(domain):
     images, path, _ = domain
     result = fid_kid(images[:300], images[300:700], "domain", domain_weights=path, kid_subset_size=100)
-    assert set(result) >= {"fid", "kid_mean", "kid_std", "extractor", "extractor_weights_sha256", "n_generated",
-                           "n_reference", "kid_subset_size", "comparable_to_inception"}
+    assert set(result) >= {
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "extractor",
+        "extractor_weights_sha256",
+        "n_generated",
+        "n_reference",
+        "kid_subset_size",
+        "comparable_to_inception",
+    }
     assert result["n_generated"] == 300 and result["n_reference"] == 400 and not result["comparable_to_inception"]
     json.dumps(result)
 
@@ -68,8 +81,12 @@ def test_kid_subset_validated_before_anything_runs():
 def test_missing_offline_weights_name_file_url_and_place(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(P2Error, match=r"weights-inception-2015-12-05-6726825d.pth not found; download https://.*into"):
-        fid_kid(np.zeros((10, 8, 8, 3), np.uint8), np.zeros((10, 8, 8, 3), np.uint8), kid_subset_size=5,
-                weights_dir=tmp_path)
+        fid_kid(
+            np.zeros((10, 8, 8, 3), np.uint8),
+            np.zeros((10, 8, 8, 3), np.uint8),
+            kid_subset_size=5,
+            weights_dir=tmp_path,
+        )
     with pytest.raises(P2Error, match="alexnet-owt-7be5be79.pth not found"):
         lpips_model(tmp_path)
     (tmp_path / "alexnet-owt-7be5be79.pth").write_bytes(b"x")

@@ -3,8 +3,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import tiny_spec
+
 from p2core.errors import DataError
 from p2core.grids import image_grid
 from p2core.sample import generate
@@ -32,8 +32,10 @@ def test_shards_of_any_size_and_batch_equal_one_run(checkpoint, sampler):
     """Image i depends only on (checkpoint, sampler, seed, i): shards 0-2, 3, 4-8 drawn with batch sizes 2, 1 and 4
     concatenate to the 9-image run drawn in one batch, bit for bit."""
     whole = generate(checkpoint, sampler, 9, batch_size=9, seed=3, progress=False)
-    parts = [generate(checkpoint, sampler, num, batch_size=batch, seed=3, start=start, progress=False)
-             for start, num, batch in ((0, 3, 2), (3, 1, 1), (4, 5, 4))]
+    parts = [
+        generate(checkpoint, sampler, num, batch_size=batch, seed=3, start=start, progress=False)
+        for start, num, batch in ((0, 3, 2), (3, 1, 1), (4, 5, 4))
+    ]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     assert len({image.tobytes() for image in whole}) == 9  # every image has its own noise
 
@@ -67,8 +69,11 @@ def test_corrupt_shard_is_one_line_naming_it(tmp_path):
     (tmp_path / "shard0.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"sample shard .*shard0.npz is unreadable"):
         SampleShards([tmp_path / "shard0.npz"])
-    result = subprocess.run([sys.executable, "-m", "p2core", "grid", str(tmp_path / "shard0.npz"),
-                             "--out", str(tmp_path / "grid.png")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "p2core", "grid", str(tmp_path / "shard0.npz"), "--out", str(tmp_path / "grid.png")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "shard0.npz is unreadable" in result.stderr
 
@@ -78,8 +83,25 @@ def test_second_writer_of_a_shard_is_refused(checkpoint, tmp_path):
 
     out = tmp_path / "shard0.npz"
     with FileLock(tmp_path / ".shard0.npz.lock"):
-        result = subprocess.run([sys.executable, "-m", "p2core", "sample", "--checkpoint", str(checkpoint), "--sampler",
-                                 "ddim2", "--num", "2", "--out", str(out), "--no-progress"], capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "p2core",
+                "sample",
+                "--checkpoint",
+                str(checkpoint),
+                "--sampler",
+                "ddim2",
+                "--num",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+        )
     assert result.returncode == 2 and "is in use by pid" in result.stderr and not out.exists()
 
 

@@ -38,7 +38,8 @@ def test_posterior_terms():
     assert terms.posterior_log_variance_clipped[0] == terms.posterior_log_variance_clipped[1]
     # posterior variance is between 0 and beta_t for t > 0
     assert np.all(terms.posterior_variance[1:] <= terms.betas[1:])
-    # posterior mean of (x0, xt) reproduces x0 when xt is noise-free signal: coef1 + coef2 * sqrt(abar_t) = sqrt(abar_{t-1})
+    # posterior mean of (x0, xt) reproduces x0 when xt is noise-free signal:
+    # coef1 + coef2 * sqrt(abar_t) = sqrt(abar_{t-1})
     lhs = terms.posterior_mean_coef1 + terms.posterior_mean_coef2 * terms.sqrt_alphas_cumprod
     np.testing.assert_allclose(lhs, np.sqrt(terms.alphas_cumprod_prev), rtol=1e-10)
     np.testing.assert_allclose(snr(terms.alphas_cumprod), terms.alphas_cumprod / (1 - terms.alphas_cumprod))

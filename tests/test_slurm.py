@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, make_workspace
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -50,10 +49,17 @@ def cluster_profile(workdir: Path, **overrides) -> str:
             if key in rule:
                 rule[key] = 1
         rule.pop("mem_mb", None)
-    profile.update({
-        "slurm-no-account": True, "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2,
-        "jobs": 4, "latency-wait": 5, "retries": 0, "slurm-logdir": str(workdir / "slurm_logs"),
-    })
+    profile.update(
+        {
+            "slurm-no-account": True,
+            "slurm-status-command": "squeue",
+            "slurm-init-seconds-before-status-checks": 2,
+            "jobs": 4,
+            "latency-wait": 5,
+            "retries": 0,
+            "slurm-logdir": str(workdir / "slurm_logs"),
+        }
+    )
     profile.update(overrides)
     folder = workdir / "profiles" / "test"
     folder.mkdir(parents=True)
@@ -83,7 +89,9 @@ def test_table1_through_sbatch(cluster, tmp_path):
     workdir = make_workspace(tmp_path)
     before = {job["JobId"] for job in finished_jobs(cluster)}
     config = write_config(workdir, lambda c: c.update(seeds=[0]))
-    result = snakemake(workdir, cluster, "results/table1.csv", "--profile", cluster_profile(workdir), "--configfile", config)
+    result = snakemake(
+        workdir, cluster, "results/table1.csv", "--profile", cluster_profile(workdir), "--configfile", config
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert (workdir / "results/table1.csv").is_file()
     jobs = [job for job in finished_jobs(cluster) if job["JobId"] not in before]
@@ -101,8 +109,15 @@ def test_failing_rule_is_reported_as_failed(cluster, tmp_path):
     def broken_dataset(config):
         config["datasets"]["digits"].update(source="images", extractor="inception-v3-compat", distance="lpips")
 
-    result = snakemake(workdir, cluster, "results/data/digits/meta.json", "--profile", cluster_profile(workdir),
-                       "--configfile", write_config(workdir, broken_dataset))
+    result = snakemake(
+        workdir,
+        cluster,
+        "results/data/digits/meta.json",
+        "--profile",
+        cluster_profile(workdir),
+        "--configfile",
+        write_config(workdir, broken_dataset),
+    )
     assert result.returncode != 0
     assert "Error in rule prepare_dataset" in result.stdout + result.stderr
     assert "unreadable image images/broken.png" in (workdir / "logs/prepare_dataset/digits.log").read_text()
@@ -126,9 +141,26 @@ def test_two_gpu_training_runs_torchrun_once_and_resumes_after_sigterm(cluster, 
 
     remote = make_workspace(tmp_path / "remote")
     process = subprocess.Popen(
-        ["timeout", "-k", "10", "600", sys.executable, "-m", "snakemake", target, "--profile",
-         cluster_profile(remote, retries=2), "--configfile", write_config(remote, two_gpu_run)],
-        cwd=remote, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            "timeout",
+            "-k",
+            "10",
+            "600",
+            sys.executable,
+            "-m",
+            "snakemake",
+            target,
+            "--profile",
+            cluster_profile(remote, retries=2),
+            "--configfile",
+            write_config(remote, two_gpu_run),
+        ],
+        cwd=remote,
+        env=cluster,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log = remote / "results/models/digits/p2/a/seed0/train.csv"
     deadline = time.time() + 300
     while not log.exists() and time.time() < deadline:

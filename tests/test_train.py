@@ -6,8 +6,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import tiny_spec
+
 from p2core.checkpoint import load_checkpoint, save_checkpoint
 from p2core.diffusion import GaussianDiffusion
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
@@ -41,8 +41,11 @@ RESUME_SPEC = json.dumps(tiny_spec(steps=150, save_every=7, log_every=7, batch_s
 
 def train_process(data, out, spec=RESUME_SPEC, stderr=subprocess.DEVNULL, launcher=()):
     command = [*launcher, "-m", "p2core"] if launcher else CLI
-    return subprocess.Popen([*command, "train", "--data", str(data), "--out", str(out), "--spec", spec,
-                             "--no-progress", "--threads", "1"], stderr=stderr, text=True)
+    return subprocess.Popen(
+        [*command, "train", "--data", str(data), "--out", str(out), "--spec", spec, "--no-progress", "--threads", "1"],
+        stderr=stderr,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,9 @@ def reference(digits8, tmp_path_factory):
 
 
 def assert_same_run(reference, other):
-    assert_same_state(load_checkpoint(reference / "ema.pt")["state_dict"], load_checkpoint(other / "ema.pt")["state_dict"])
+    assert_same_state(
+        load_checkpoint(reference / "ema.pt")["state_dict"], load_checkpoint(other / "ema.pt")["state_dict"]
+    )
     ref, got = load_checkpoint(reference / "checkpoint.pt"), load_checkpoint(other / "checkpoint.pt")
     assert_same_state(ref["model"], got["model"])
     assert torch.equal(ref["optimizer"]["state"][0]["exp_avg"], got["optimizer"]["state"][0]["exp_avg"])
@@ -106,8 +111,9 @@ def test_two_process_ddp_equals_one_process(digits8, tmp_path):
     spec = tiny_spec(steps=12, batch_size=8, save_every=6, log_every=6)
     assert train_process(digits8, tmp_path / "single", json.dumps(spec)).wait(timeout=300) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    ddp = train_process(digits8, tmp_path / "ddp", json.dumps({**spec, "microbatch": 2}), stderr=subprocess.PIPE,
-                        launcher=torchrun)
+    ddp = train_process(
+        digits8, tmp_path / "ddp", json.dumps({**spec, "microbatch": 2}), stderr=subprocess.PIPE, launcher=torchrun
+    )
     _, stderr = ddp.communicate(timeout=300)
     assert ddp.returncode == 0, stderr[-3000:]
     single = load_checkpoint(tmp_path / "single" / "ema.pt")["state_dict"]
@@ -116,7 +122,7 @@ def test_two_process_ddp_equals_one_process(digits8, tmp_path):
     # same batches, same losses (to float rounding: the gradient all-reduce sums in another order) ...
     rows = [(tmp_path / run / "train.csv").read_text().splitlines() for run in ("single", "ddp")]
     assert len(rows[1]) == 3  # rank 0 alone wrote the log
-    for a, b in zip(rows[0][1:], rows[1][1:]):
+    for a, b in zip(rows[0][1:], rows[1][1:], strict=True):
         assert [float(v) for v in a.split(",")[:9]] == pytest.approx([float(v) for v in b.split(",")[:9]], rel=1e-6)
     # ... and the same weights: Adam can turn rounding on near-zero gradients into ~lr-sized steps on a few entries
     differences = torch.cat([(single[k] - parallel[k]).abs().flatten() for k in single])
@@ -126,12 +132,16 @@ def test_two_process_ddp_equals_one_process(digits8, tmp_path):
 def test_microbatches_accumulate_to_the_full_batch_update(digits8, tmp_path):
     runs = {}
     for name, microbatch in (("full", None), ("micro", 3)):  # 8 images as microbatches of 3, 3 and 2
-        train(TrainSpec.from_dict(tiny_spec(steps=2, log_every=1, microbatch=microbatch)), digits8, tmp_path / name,
-              progress=False)
+        train(
+            TrainSpec.from_dict(tiny_spec(steps=2, log_every=1, microbatch=microbatch)),
+            digits8,
+            tmp_path / name,
+            progress=False,
+        )
         runs[name] = load_checkpoint(tmp_path / name / "checkpoint.pt")
     assert runs["micro"]["spec"]["microbatch"] == 3  # recorded, so a resume with other settings is refused
     rows = [(tmp_path / name / "train.csv").read_text().splitlines()[1:] for name in runs]
-    for a, b in zip(*rows):
+    for a, b in zip(*rows, strict=True):
         assert [float(v) for v in a.split(",")[:9]] == pytest.approx([float(v) for v in b.split(",")[:9]], rel=1e-6)
     moments = [runs[name]["optimizer"]["state"][0]["exp_avg"] for name in runs]  # (1 - beta1) x the gradients
     torch.testing.assert_close(moments[1], moments[0], rtol=1e-5, atol=1e-9)
@@ -160,8 +170,16 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(out)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        result = run_cli("train", "--data", str(digits8), "--out", str(out), "--no-progress",
-                         "--spec", json.dumps(tiny_spec(steps=4, save_every=2)))
+        result = run_cli(
+            "train",
+            "--data",
+            str(digits8),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--spec",
+            json.dumps(tiny_spec(steps=4, save_every=2)),
+        )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.strip().endswith("earlier files are intact)") and result.stderr.count("\n") == 1
         assert f"no space left writing {out}/checkpoint.pt" in result.stderr
@@ -222,10 +240,17 @@ def test_bad_checkpoints_give_one_line_errors(digits8, tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint")
     state = load_checkpoint(tmp_path / "run" / "ema.pt")
     state["state_dict"].pop("out.2.bias")
-    save_checkpoint(tmp_path / "mismatched.pt", "ema", **{k: v for k, v in state.items() if k not in ("format", "kind")})
+    save_checkpoint(
+        tmp_path / "mismatched.pt", "ema", **{k: v for k, v in state.items() if k not in ("format", "kind")}
+    )
 
-    expectations = {"truncated.pt": "unreadable", "text.pt": "unreadable", "foreign.pt": "not a p2core checkpoint",
-                    "mismatched.pt": "does not fit this model: 1 missing", "absent.pt": "does not exist"}
+    expectations = {
+        "truncated.pt": "unreadable",
+        "text.pt": "unreadable",
+        "foreign.pt": "not a p2core checkpoint",
+        "mismatched.pt": "does not fit this model: 1 missing",
+        "absent.pt": "does not exist",
+    }
     for name, message in expectations.items():
         result = run_cli("sample", "--checkpoint", str(tmp_path / name), "--num", "2", "--out", str(tmp_path / "s.npz"))
         assert result.returncode == 2, name
@@ -234,8 +259,12 @@ def test_bad_checkpoints_give_one_line_errors(digits8, tmp_path):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"lr": -1}, "lr must be > 0"), ({"colour": 1}, "unknown training spec keys"), ({"precision": "fp8"}, "precision"),
-     ({"snapshot_steps": [99]}, "snapshot_steps")],
+    [
+        ({"lr": -1}, "lr must be > 0"),
+        ({"colour": 1}, "unknown training spec keys"),
+        ({"precision": "fp8"}, "precision"),
+        ({"snapshot_steps": [99]}, "snapshot_steps"),
+    ],
 )
 def test_bad_specs(overrides, message):
     with pytest.raises(P2Error, match=message):
@@ -245,5 +274,7 @@ def test_bad_specs(overrides, message):
 def test_cli_reports_bad_spec_in_one_line(digits8, tmp_path):
     result = run_cli("train", "--data", str(digits8), "--out", str(tmp_path), "--spec", '{"steps": 1}')
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    result = run_cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--spec", json.dumps(tiny_spec()))
+    result = run_cli(
+        "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--spec", json.dumps(tiny_spec())
+    )
     assert result.returncode == 2 and "not a prepared dataset" in result.stderr

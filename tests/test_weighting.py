@@ -28,7 +28,8 @@ def test_p2_unnormalised_values():
 
 
 @pytest.mark.parametrize(
-    "name, params", [("p2", {"gamma": 1.0}), ("p2", {"gamma": 0.5, "k": 5.0}), ("min_snr", {"gamma": 5.0}), ("sigmoid", {"b": -1.0})]
+    "name, params",
+    [("p2", {"gamma": 1.0}), ("p2", {"gamma": 0.5, "k": 5.0}), ("min_snr", {"gamma": 5.0}), ("sigmoid", {"b": -1.0})],
 )
 def test_weights_monotone_in_snr(name, params):
     """Every weighting here puts non-increasing weight on higher-SNR (less noisy) steps."""

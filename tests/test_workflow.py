@@ -1,21 +1,22 @@
 """The Snakemake DAG end to end on the tiny config, its rerun semantics, config errors, lint and the paper DAG."""
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, make_workspace, snakemake
 
 ARTIFACTS = [
-    "results/table1.csv", "results/table2.csv", "results/table3.csv", "results/table4.csv",
-    "results/figures/fig1_digits.png", "results/figures/fig2_reconstructions.png", "results/figures/fig3_weights.png",
-    "results/figures/fig4_fid_during_training.png", "results/figures/fig5_samples.png",
+    "results/table1.csv",
+    "results/table2.csv",
+    "results/table3.csv",
+    "results/table4.csv",
+    "results/figures/fig1_digits.png",
+    "results/figures/fig2_reconstructions.png",
+    "results/figures/fig3_weights.png",
+    "results/figures/fig4_fid_during_training.png",
+    "results/figures/fig5_samples.png",
     "results/figures/fig7_fid_vs_steps.png",
 ]
 
@@ -116,16 +117,30 @@ def write_config(workdir: Path, change) -> str:
     [
         (lambda c: c.update(colour="blue"), "top level: Additional properties are not allowed ('colour'"),
         (lambda c: c["train"].update(steps="many"), "train.steps: 'many' is not of type 'integer'"),
-        (lambda c: c["objectives"]["p2"]["weighting_params"].update(gamma=-0.5),
-         "objectives.p2: p2 weighting needs gamma >= 0, got -0.5"),
-        (lambda c: c["objectives"]["p2"].update(weighting="p3"), "objectives.p2: unknown weighting 'p3'; choose one of"),
-        (lambda c: c["objectives"]["p2"]["weighting_params"].update(beta=2),
-         "objectives.p2: weighting 'p2' takes parameters ['gamma', 'k']; got unknown beta"),
+        (
+            lambda c: c["objectives"]["p2"]["weighting_params"].update(gamma=-0.5),
+            "objectives.p2: p2 weighting needs gamma >= 0, got -0.5",
+        ),
+        (
+            lambda c: c["objectives"]["p2"].update(weighting="p3"),
+            "objectives.p2: unknown weighting 'p3'; choose one of",
+        ),
+        (
+            lambda c: c["objectives"]["p2"]["weighting_params"].update(beta=2),
+            "objectives.p2: weighting 'p2' takes parameters ['gamma', 'k']; got unknown beta",
+        ),
         (lambda c: c["table4"].update(samplers=["ddim3", "euler5"]), "table4.samplers: bad sampler name 'euler5'"),
         (lambda c: c["train"]["resources"].update(gpus=-1), "train.resources.gpus: -1 is less than the minimum of 0"),
-        (lambda c: c["datasets"]["digits"].update(source="data/nowhere", extractor="inception-v3-compat",
-                                                  distance="lpips"), "data/nowhere does not exist"),
-        (lambda c: c["evaluation"].update(kid_subset_size=1000), "kid_subset_size: 1000 is larger than sampling.num_samples 24"),
+        (
+            lambda c: c["datasets"]["digits"].update(
+                source="data/nowhere", extractor="inception-v3-compat", distance="lpips"
+            ),
+            "data/nowhere does not exist",
+        ),
+        (
+            lambda c: c["evaluation"].update(kid_subset_size=1000),
+            "kid_subset_size: 1000 is larger than sampling.num_samples 24",
+        ),
         (lambda c: c["table1"].update(objectives=["baseline", "p3"]), "table1.objectives names objective 'p3'"),
         (lambda c: c["sampling"].update(shard_size=0), "sampling.shard_size: 0 is less than the minimum of 1"),
     ],
@@ -161,7 +176,6 @@ def test_paper_config_resolves_the_full_dag(tmp_path):
     assert counts["sample"] == 20 * counts["evaluate"] and counts["sample"] >= 5 * counts["evaluate"]
 
 
-
 def test_config_train_section_is_exactly_the_trainspec_fields():
     """The workflow passes `train` (less `resources`) to TrainSpec untouched: the schema must name its fields."""
     import dataclasses
@@ -179,13 +193,16 @@ def test_a_new_weighting_is_one_function(tmp_path):
     config check, the training spec and Figure 3 take it with no other change."""
     workdir = make_workspace(tmp_path)
     weighting = workdir / "p2core" / "weighting.py"
-    weighting.write_text(weighting.read_text() + '''
+    weighting.write_text(
+        weighting.read_text()
+        + '''
 
 @register("truncated_snr")
 def truncated_snr(snr: np.ndarray, cap: float = 2.0) -> np.ndarray:
     """A test weighting: 1 / min(SNR, cap) + 1."""
     return 1.0 / np.minimum(snr, cap) + 1.0
-''')
+'''
+    )
 
     def add_objective(config):
         config["objectives"]["truncated"] = {"weighting": "truncated_snr", "weighting_params": {"cap": 3.0}}

@@ -5,6 +5,12 @@ rule distance_vs_snr:
         data="results/data/{dataset}/meta.json",
     output:
         "results/analysis/fig1_{dataset}.csv",
+    log:
+        "logs/distance_vs_snr/{dataset}.log",
+    benchmark:
+        "benchmarks/jobs/distance_vs_snr/{dataset}.tsv"
+    conda:
+        "../envs/p2.yaml"
     params:
         distance=lambda w: dataset_cfg(w.dataset)["distance"],
         domain=lambda w, input: f"--domain-weights {input.domain}" if "domain" in input.keys() else "",
@@ -14,12 +20,6 @@ rule distance_vs_snr:
         pairs=section("figure1")["pairs"],
         weights_dir=config["weights_dir"],
         code=CODE["distance-vs-snr"],
-    conda:
-        "../envs/p2.yaml"
-    log:
-        "logs/distance_vs_snr/{dataset}.log",
-    benchmark:
-        "benchmarks/jobs/distance_vs_snr/{dataset}.tsv"
     shell:
         "python -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
         " --weights-dir {params.weights_dir} --schedule {params.schedule} --num-timesteps {params.num_timesteps}"
@@ -33,17 +33,17 @@ rule reconstructions:
         data=lambda w: f"results/data/{section('figure2')['dataset']}/meta.json",
     output:
         "results/analysis/fig2_reconstructions.npz",
+    log:
+        "logs/reconstructions/fig2.log",
+    benchmark:
+        "benchmarks/jobs/reconstructions/fig2.tsv"
+    conda:
+        "../envs/p2.yaml"
     params:
         data=lambda w: f"results/data/{section('figure2')['dataset']}",
         images=section("figure2")["images"],
         points=section("figure2")["points"],
         code=CODE["reconstruct"],
-    conda:
-        "../envs/p2.yaml"
-    log:
-        "logs/reconstructions/fig2.log",
-    benchmark:
-        "benchmarks/jobs/reconstructions/fig2.tsv"
     shell:
         "python -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
         " --points {params.points} --out {output} > {log} 2>&1"

@@ -44,22 +44,33 @@ def validate_config(cfg):
             names = sec.get(field, [])
             for name in [names] if isinstance(names, str) else names:
                 if name not in cfg[f"{kind}s"]:
-                    config_error(f"{key}.{field} names {kind} '{name}', not defined under {kind}s "
-                                 f"({', '.join(cfg[f'{kind}s'])})")
+                    config_error(
+                        f"{key}.{field} names {kind} '{name}', not defined under {kind}s "
+                        f"({', '.join(cfg[f'{kind}s'])})"
+                    )
     for name, dataset in datasets.items():
         for objective in dataset.get("objectives", {}):
             if objective not in cfg["objectives"]:
                 config_error(f"datasets.{name}.objectives overrides objective '{objective}', which is not defined")
-            check_objective(f"datasets.{name}.objectives.{objective}", {**cfg["objectives"][objective],
-                                                                        **dataset["objectives"][objective]}, cfg)
+            check_objective(
+                f"datasets.{name}.objectives.{objective}",
+                {**cfg["objectives"][objective], **dataset["objectives"][objective]},
+                cfg,
+            )
         source = dataset["source"]
         if source.startswith("embedded:"):
             if source != "embedded:digits":
-                config_error(f"datasets.{name}.source: unknown embedded dataset '{source}' (available: embedded:digits)")
+                config_error(
+                    f"datasets.{name}.source: unknown embedded dataset '{source}' (available: embedded:digits)"
+                )
         elif not Path(source).exists():
-            config_error(f"datasets.{name}.source: {source} does not exist; put the {name} images there or fix the path")
+            config_error(
+                f"datasets.{name}.source: {source} does not exist; put the {name} images there or fix the path"
+            )
         if dataset["extractor"] == "domain" and source != "embedded:digits":
-            config_error(f"datasets.{name}.extractor: 'domain' needs a labelled embedded dataset; use inception-v3-compat")
+            config_error(
+                f"datasets.{name}.extractor: 'domain' needs a labelled embedded dataset; use inception-v3-compat"
+            )
         if dataset["distance"] == "domain" and source != "embedded:digits":
             config_error(f"datasets.{name}.distance: 'domain' needs a labelled embedded dataset; use lpips")
     for name, objective in cfg["objectives"].items():
@@ -77,8 +88,10 @@ def validate_config(cfg):
         for arch, arch_cfg in cfg["archs"].items():
             steps = {**cfg["train"], **dataset.get("train", {}), **arch_cfg.get("train", {})}["steps"]
             if snapshots and max(snapshots) >= steps:
-                config_error(f"train.snapshot_steps: {max(snapshots)} is not below the {steps} training steps "
-                             f"of dataset {name}, arch {arch}")
+                config_error(
+                    f"train.snapshot_steps: {max(snapshots)} is not below the {steps} training steps "
+                    f"of dataset {name}, arch {arch}"
+                )
     kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
     if kid > samples:
         config_error(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
@@ -120,8 +133,14 @@ def resolve_ref(ref, root):
 
 
 # artifact-section fields that name config entries, and the kind of entry each names
-REFERENCES = {"datasets": "dataset", "dataset": "dataset", "objectives": "objective", "objective": "objective",
-              "archs": "arch", "arch": "arch"}
+REFERENCES = {
+    "datasets": "dataset",
+    "dataset": "dataset",
+    "objectives": "objective",
+    "objective": "objective",
+    "archs": "arch",
+    "arch": "arch",
+}
 
 
 def artifact_sections(cfg):
@@ -144,9 +163,21 @@ shell.prefix(f"set -euo pipefail; {_PATH}export PYTHONPATH={shlex.quote(str(ROOT
 
 # Each rule passes the fingerprint of its p2core command (the import closure of the modules it runs, read from the
 # code: p2core/fingerprint.py), so editing a module reruns exactly the rules whose step imports it.
-CODE = {command: command_fingerprint(command) for command in (
-    "prepare", "train-features", "train", "sample", "grid", "evaluate", "distance-vs-snr", "reconstruct", "figure",
-    "table")}
+CODE = {
+    command: command_fingerprint(command)
+    for command in (
+        "prepare",
+        "train-features",
+        "train",
+        "sample",
+        "grid",
+        "evaluate",
+        "distance-vs-snr",
+        "reconstruct",
+        "figure",
+        "table",
+    )
+}
 
 
 # --------------------------------------------------------------------------------------- per-run settings
@@ -180,8 +211,11 @@ def train_spec(wildcards):
     spec = {key: value for key, value in train_cfg(wildcards.dataset, wildcards.arch).items() if key != "resources"}
     spec.update(
         model=config["archs"][wildcards.arch]["model"],
-        diffusion={"schedule": config["schedule"], "num_timesteps": config["num_timesteps"],
-                   **objective_cfg(wildcards.dataset, wildcards.objective)},
+        diffusion={
+            "schedule": config["schedule"],
+            "num_timesteps": config["num_timesteps"],
+            **objective_cfg(wildcards.dataset, wildcards.objective),
+        },
         seed=int(wildcards.seed),
     )
     return json.dumps(spec, sort_keys=True)
@@ -211,7 +245,9 @@ def run_path(dataset, objective, arch, seed):
 def checkpoint_file(wildcards):
     """ema.pt for ckpt 'final', ema_step{N}.pt for 'step{N}'."""
     name = "ema" if wildcards.ckpt == "final" else f"ema_{wildcards.ckpt}"
-    return f"results/models/{run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)}/{name}.pt"
+    return (
+        f"results/models/{run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)}/{name}.pt"
+    )
 
 
 def metrics_file(dataset, objective, arch, seed, ckpt="final", sampler=None):
@@ -245,7 +281,9 @@ def sample_runtime(wildcards):
     """Minutes for one shard job: ``sampling.runtime_min`` is sized for ``sampling.sampler``; other samplers (Table 4)
     get it scaled by their number of model evaluations per image (at least 10 minutes)."""
     num_timesteps = config["num_timesteps"]
-    ratio = sampler_steps(wildcards.sampler, num_timesteps) / sampler_steps(config["sampling"]["sampler"], num_timesteps)
+    ratio = sampler_steps(wildcards.sampler, num_timesteps) / sampler_steps(
+        config["sampling"]["sampler"], num_timesteps
+    )
     return max(10, math.ceil(config["sampling"]["runtime_min"] * ratio))
 
 
@@ -260,34 +298,52 @@ def default_arch(sec):
 # ------------------------------------------------------------------------------------------ target lists
 def table1_metrics(wildcards=None):
     sec = section("table1")
-    return [metrics_file(d, o, default_arch(sec), s) for d in sec["datasets"] for o in sec["objectives"]
-            for s in config["seeds"]]
+    return [
+        metrics_file(d, o, default_arch(sec), s)
+        for d in sec["datasets"]
+        for o in sec["objectives"]
+        for s in config["seeds"]
+    ]
 
 
 def table3_metrics(wildcards=None):
     sec = section("table3")
-    return [metrics_file(sec["dataset"], o, a, s, sampler=sec.get("sampler")) for a in sec["archs"]
-            for o in sec["objectives"] for s in sec.get("seeds", config["seeds"])]
+    return [
+        metrics_file(sec["dataset"], o, a, s, sampler=sec.get("sampler"))
+        for a in sec["archs"]
+        for o in sec["objectives"]
+        for s in sec.get("seeds", config["seeds"])
+    ]
 
 
 def table4_metrics(wildcards=None):
     sec = section("table4")
-    return [metrics_file(sec["dataset"], o, default_arch(sec), s, sampler=sampler) for sampler in sec["samplers"]
-            for o in sec["objectives"] for s in sec.get("seeds", config["seeds"])]
+    return [
+        metrics_file(sec["dataset"], o, default_arch(sec), s, sampler=sampler)
+        for sampler in sec["samplers"]
+        for o in sec["objectives"]
+        for s in sec.get("seeds", config["seeds"])
+    ]
 
 
 def figure4_metrics(wildcards=None):
     sec = section("figure4")
     arch = default_arch(sec)
     ckpts = [f"step{n}" for n in SNAPSHOT_STEPS] + ["final"]
-    return [metrics_file(sec["dataset"], o, arch, s, ckpt=c) for o in sec["objectives"]
-            for s in sec.get("seeds", config["seeds"]) for c in ckpts]
+    return [
+        metrics_file(sec["dataset"], o, arch, s, ckpt=c)
+        for o in sec["objectives"]
+        for s in sec.get("seeds", config["seeds"])
+        for c in ckpts
+    ]
 
 
 def sample_figure_inputs(wildcards):
     sec = config["sample_figures"][wildcards.fig]
-    return {o: sample_shards(sec["dataset"], o, default_arch(sec), sec.get("seed", config["seeds"][0]))
-            for o in sec["objectives"]}
+    return {
+        o: sample_shards(sec["dataset"], o, default_arch(sec), sec.get("seed", config["seeds"][0]))
+        for o in sec["objectives"]
+    }
 
 
 def tags(wildcards):
@@ -295,10 +351,16 @@ def tags(wildcards):
     ckpt = wildcards.ckpt
     steps = train_steps(wildcards.dataset, wildcards.arch)
     values = {
-        "dataset": wildcards.dataset, "objective": wildcards.objective, "arch": wildcards.arch,
-        "arch_label": config["archs"][wildcards.arch].get("label", wildcards.arch), "seed": wildcards.seed,
-        "checkpoint": ckpt, "step": steps if ckpt == "final" else int(ckpt[4:]), "sampler": wildcards.sampler,
-        "training_steps": steps, "num_timesteps": config["num_timesteps"],
+        "dataset": wildcards.dataset,
+        "objective": wildcards.objective,
+        "arch": wildcards.arch,
+        "arch_label": config["archs"][wildcards.arch].get("label", wildcards.arch),
+        "seed": wildcards.seed,
+        "checkpoint": ckpt,
+        "step": steps if ckpt == "final" else int(ckpt[4:]),
+        "sampler": wildcards.sampler,
+        "training_steps": steps,
+        "num_timesteps": config["num_timesteps"],
     }
     return " ".join(f"--tag {shlex.quote(f'{k}={v}')}" for k, v in values.items())
 
@@ -345,6 +407,10 @@ def all_artifacts():
         targets.append("results/figures/fig4_fid_during_training.png")
     targets += [f"results/figures/{fig}_samples.png" for fig in config.get("sample_figures", {})]
     sec = section("table1")
-    targets += [f"{samples_dir(d, o, default_arch(sec), s)}/grid.png" for d in sec["datasets"] for o in sec["objectives"]
-                for s in config["seeds"]]
+    targets += [
+        f"{samples_dir(d, o, default_arch(sec), s)}/grid.png"
+        for d in sec["datasets"]
+        for o in sec["objectives"]
+        for s in config["seeds"]
+    ]
     return targets

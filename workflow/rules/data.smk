@@ -3,6 +3,13 @@ rule prepare_dataset:
     output:
         images="results/data/{dataset}/images.npy",
         meta="results/data/{dataset}/meta.json",
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/jobs/prepare_dataset/{dataset}.tsv"
+    conda:
+        "../envs/p2.yaml"
+    threads: 8  # decoding processes (fewer when snakemake has fewer cores)
     params:
         source=lambda w: (
             f"--embedded {dataset_cfg(w.dataset)['source'].split(':', 1)[1]}"
@@ -13,13 +20,6 @@ rule prepare_dataset:
         ),
         resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
         code=CODE["prepare"],
-    threads: 8  # decoding processes (fewer when snakemake has fewer cores)
-    conda:
-        "../envs/p2.yaml"
-    log:
-        "logs/prepare_dataset/{dataset}.log",
-    benchmark:
-        "benchmarks/jobs/prepare_dataset/{dataset}.tsv"
     shell:
         "python -m p2core prepare {params.source} --resolution {params.resolution} --workers {threads}"
         " --out results/data/{wildcards.dataset} > {log} 2>&1"
@@ -31,16 +31,16 @@ rule train_domain_features:
         rules.prepare_dataset.output.meta,
     output:
         "results/features/{dataset}/domain.pt",
-    params:
-        epochs=config["evaluation"]["domain_features"]["epochs"],
-        min_accuracy=config["evaluation"]["domain_features"]["min_accuracy"],
-        code=CODE["train-features"],
-    conda:
-        "../envs/p2.yaml"
     log:
         "logs/train_domain_features/{dataset}.log",
     benchmark:
         "benchmarks/jobs/train_domain_features/{dataset}.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        epochs=config["evaluation"]["domain_features"]["epochs"],
+        min_accuracy=config["evaluation"]["domain_features"]["min_accuracy"],
+        code=CODE["train-features"],
     shell:
         "python -m p2core train-features --data results/data/{wildcards.dataset} --out {output} --epochs {params.epochs}"
         " --min-accuracy {params.min_accuracy} > {log} 2>&1"

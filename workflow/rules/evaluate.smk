@@ -7,6 +7,12 @@ rule evaluate:
         domain=domain_weights,
     output:
         "results/metrics/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.json",
+    log:
+        "logs/evaluate/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
+    benchmark:
+        "benchmarks/jobs/evaluate/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.tsv"
+    conda:
+        "../envs/p2.yaml"
     params:
         extractor=lambda w: dataset_cfg(w.dataset)["extractor"],
         domain=lambda w, input: f"--domain-weights {input.domain}" if input.domain else "",
@@ -14,12 +20,6 @@ rule evaluate:
         weights_dir=config["weights_dir"],
         tags=tags,
         code=CODE["evaluate"],
-    conda:
-        "../envs/p2.yaml"
-    log:
-        "logs/evaluate/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
-    benchmark:
-        "benchmarks/jobs/evaluate/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.tsv"
     shell:
         "python -m p2core evaluate --samples {input.samples} --data results/data/{wildcards.dataset}"
         " --extractor {params.extractor} {params.domain} --weights-dir {params.weights_dir}"

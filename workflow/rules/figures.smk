@@ -2,16 +2,20 @@ rule figure1:
     input:
         "results/analysis/fig1_{dataset}.csv",
     output:
-        report("results/figures/fig1_{dataset}.png", caption="../report/fig1.rst", category="Figures",
-               labels={"figure": "1", "dataset": "{dataset}"}),
-    params:
-        code=CODE["figure"],
-    conda:
-        "../envs/p2.yaml"
+        report(
+            "results/figures/fig1_{dataset}.png",
+            caption="../report/fig1.rst",
+            category="Figures",
+            labels={"figure": "1", "dataset": "{dataset}"},
+        ),
     log:
         "logs/figure1/{dataset}.log",
     benchmark:
         "benchmarks/jobs/figure1/{dataset}.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["figure"],
     shell:
         "python -m p2core figure fig1 {input} --out {output} > {log} 2>&1"
 
@@ -20,35 +24,43 @@ rule figure2:
     input:
         "results/analysis/fig2_reconstructions.npz",
     output:
-        report("results/figures/fig2_reconstructions.png", caption="../report/fig2.rst", category="Figures",
-               labels={"figure": "2"}),
-    params:
-        title=lambda w: "Fig. 2: x0_hat from x_t, {dataset}, {objective} model".format(**section("figure2")),
-        code=CODE["figure"],
-    conda:
-        "../envs/p2.yaml"
+        report(
+            "results/figures/fig2_reconstructions.png",
+            caption="../report/fig2.rst",
+            category="Figures",
+            labels={"figure": "2"},
+        ),
     log:
         "logs/figure2/fig2.log",
     benchmark:
         "benchmarks/jobs/figure2/fig2.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        title=lambda w: "Fig. 2: x0_hat from x_t, {dataset}, {objective} model".format(**section("figure2")),
+        code=CODE["figure"],
     shell:
         "python -m p2core figure fig2 {input} --title {params.title:q} --out {output} > {log} 2>&1"
 
 
 rule figure3:
     output:
-        report("results/figures/fig3_weights.png", caption="../report/fig3.rst", category="Figures",
-               labels={"figure": "3"}),
-    params:
-        weightings=fig3_weightings(),
-        num_timesteps=config["num_timesteps"],
-        code=CODE["figure"],
-    conda:
-        "../envs/p2.yaml"
+        report(
+            "results/figures/fig3_weights.png",
+            caption="../report/fig3.rst",
+            category="Figures",
+            labels={"figure": "3"},
+        ),
     log:
         "logs/figure3/fig3.log",
     benchmark:
         "benchmarks/jobs/figure3/fig3.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        weightings=fig3_weightings(),
+        num_timesteps=config["num_timesteps"],
+        code=CODE["figure"],
     shell:
         "python -m p2core figure fig3 --num-timesteps {params.num_timesteps} --weightings {params.weightings:q}"
         " --out {output} > {log} 2>&1"
@@ -58,16 +70,20 @@ rule figure4:
     input:
         figure4_metrics,
     output:
-        report("results/figures/fig4_fid_during_training.png", caption="../report/fig4.rst", category="Figures",
-               labels={"figure": "4"}),
-    params:
-        code=CODE["figure"],
-    conda:
-        "../envs/p2.yaml"
+        report(
+            "results/figures/fig4_fid_during_training.png",
+            caption="../report/fig4.rst",
+            category="Figures",
+            labels={"figure": "4"},
+        ),
     log:
         "logs/figure4/fig4.log",
     benchmark:
         "benchmarks/jobs/figure4/fig4.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["figure"],
     shell:
         "python -m p2core figure fig4 {input} --out {output} > {log} 2>&1"
 
@@ -77,20 +93,26 @@ rule sample_figure:
     input:
         unpack(sample_figure_inputs),
     output:
-        report("results/figures/{fig}_samples.png", caption="../report/samples.rst", category="Figures",
-               labels={"figure": "{fig}"}),
-    params:
-        panels=lambda w, input: " ".join(shlex.quote(f"{label}={path}") for label, paths in input.items() for path in paths),
-        title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
-        code=CODE["figure"],
-    wildcard_constraints:
-        fig=r"fig\d+",
-    conda:
-        "../envs/p2.yaml"
+        report(
+            "results/figures/{fig}_samples.png",
+            caption="../report/samples.rst",
+            category="Figures",
+            labels={"figure": "{fig}"},
+        ),
     log:
         "logs/sample_figure/{fig}.log",
     benchmark:
         "benchmarks/jobs/sample_figure/{fig}.tsv"
+    wildcard_constraints:
+        fig=r"fig\d+",
+    conda:
+        "../envs/p2.yaml"
+    params:
+        panels=lambda w, input: " ".join(
+            shlex.quote(f"{label}={path}") for label, paths in input.items() for path in paths
+        ),
+        title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
+        code=CODE["figure"],
     shell:
         "python -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
 
@@ -99,15 +121,19 @@ rule figure7:
     input:
         table4_metrics,
     output:
-        report("results/figures/fig7_fid_vs_steps.png", caption="../report/fig7.rst", category="Figures",
-               labels={"figure": "7"}),
-    params:
-        code=CODE["figure"],
-    conda:
-        "../envs/p2.yaml"
+        report(
+            "results/figures/fig7_fid_vs_steps.png",
+            caption="../report/fig7.rst",
+            category="Figures",
+            labels={"figure": "7"},
+        ),
     log:
         "logs/figure7/fig7.log",
     benchmark:
         "benchmarks/jobs/figure7/fig7.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["figure"],
     shell:
         "python -m p2core figure fig7 {input} --out {output} > {log} 2>&1"

@@ -9,6 +9,17 @@ rule sample:
         "results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
     output:
         "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.npz",
+    log:
+        "logs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.log",
+    benchmark:
+        "benchmarks/jobs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.tsv"
+    conda:
+        "../envs/p2.yaml"
+    threads: config["sampling"]["threads"]
+    resources:
+        gpu=config["sampling"]["gpus"],
+        mem_mb=config["sampling"]["mem_mb"],
+        runtime=sample_runtime,
     params:
         checkpoint=checkpoint_file,
         start=lambda w: shard_range(w.shard)[0],
@@ -17,17 +28,6 @@ rule sample:
         seed=config["sampling"]["seed"],
         precision=config["sampling"]["precision"],
         code=CODE["sample"],
-    threads: config["sampling"]["threads"]
-    resources:
-        gpu=config["sampling"]["gpus"],
-        mem_mb=config["sampling"]["mem_mb"],
-        runtime=sample_runtime,
-    conda:
-        "../envs/p2.yaml"
-    log:
-        "logs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.log",
-    benchmark:
-        "benchmarks/jobs/sample/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.tsv"
     shell:
         "python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
         " --num {params.num} --batch-size {params.batch_size} --seed {params.seed} --precision {params.precision}"
@@ -40,11 +40,11 @@ rule sample_grid:
         lambda w: sample_shards(w.dataset, w.objective, w.arch, w.seed, w.ckpt, w.sampler),
     output:
         "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/grid.png",
-    params:
-        code=CODE["grid"],
-    conda:
-        "../envs/p2.yaml"
     log:
         "logs/sample_grid/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["grid"],
     shell:
         "python -m p2core grid {input} --count 64 --scale 4 --out {output} > {log} 2>&1"

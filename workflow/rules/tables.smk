@@ -5,14 +5,14 @@ rule table1:
     output:
         csv=report("results/table1.csv", caption="../report/table1.rst", category="Tables", labels={"table": "1"}),
         markdown="results/table1.md",
-    params:
-        code=CODE["table"],
-    conda:
-        "../envs/p2.yaml"
     log:
         "logs/table1/table1.log",
     benchmark:
         "benchmarks/jobs/table1/table1.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["table"],
     shell:
         "python -m p2core table table1 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
@@ -25,15 +25,15 @@ rule table2:
     output:
         csv=report("results/table2.csv", caption="../report/table2.rst", category="Tables", labels={"table": "2"}),
         markdown="results/table2.md",
-    params:
-        literature=lambda w, input: f"--literature {input.literature}" if input.literature else "",
-        code=CODE["table"],
-    conda:
-        "../envs/p2.yaml"
     log:
         "logs/table2/table2.log",
     benchmark:
         "benchmarks/jobs/table2/table2.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        literature=lambda w, input: f"--literature {input.literature}" if input.literature else "",
+        code=CODE["table"],
     shell:
         "python -m p2core table table2 {input.ours} {params.literature} --out {output.csv} --markdown {output.markdown}"
         " > {log} 2>&1"
@@ -46,14 +46,14 @@ rule table3:
     output:
         csv=report("results/table3.csv", caption="../report/table3.rst", category="Tables", labels={"table": "3"}),
         markdown="results/table3.md",
-    params:
-        code=CODE["table"],
-    conda:
-        "../envs/p2.yaml"
     log:
         "logs/table3/table3.log",
     benchmark:
         "benchmarks/jobs/table3/table3.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["table"],
     shell:
         "python -m p2core table table3 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
@@ -65,13 +65,13 @@ rule table4:
     output:
         csv=report("results/table4.csv", caption="../report/table4.rst", category="Tables", labels={"table": "4"}),
         markdown="results/table4.md",
-    params:
-        code=CODE["table"],
-    conda:
-        "../envs/p2.yaml"
     log:
         "logs/table4/table4.log",
     benchmark:
         "benchmarks/jobs/table4/table4.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["table"],
     shell:
         "python -m p2core table table4 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"

@@ -8,22 +8,22 @@ rule train:
         "results/data/{dataset}/meta.json",
     output:
         "results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
-    params:
-        spec=train_spec,
-        out=lambda w: f"results/models/{run_path(**w)}",
-        launch=train_launcher,
-        code=CODE["train"],
+    log:
+        "logs/train/{dataset}/{objective}/{arch}/seed{seed}.log",
+    benchmark:
+        "benchmarks/jobs/train/{dataset}/{objective}/{arch}/seed{seed}.tsv"
+    conda:
+        "../envs/p2.yaml"
     threads: lambda w: train_resources(w.dataset, w.arch)["threads"]
     resources:
         mem_mb=lambda w: train_resources(w.dataset, w.arch)["mem_mb"],
         runtime=lambda w: train_resources(w.dataset, w.arch)["runtime_min"],
         gpu=lambda w: train_resources(w.dataset, w.arch)["gpus"],
-    conda:
-        "../envs/p2.yaml"
-    log:
-        "logs/train/{dataset}/{objective}/{arch}/seed{seed}.log",
-    benchmark:
-        "benchmarks/jobs/train/{dataset}/{objective}/{arch}/seed{seed}.tsv"
+    params:
+        spec=train_spec,
+        out=lambda w: f"results/models/{run_path(**w)}",
+        launch=train_launcher,
+        code=CODE["train"],
     shell:
         "{params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
         " --threads {threads} > {log} 2>&1"
