@@ -75,6 +75,8 @@ def test_documented_command_runs(document, command, workspace, request):
         cwd = ROOT  # the install is only meaningful (and a no-op once done) for the environment of this checkout
     if "--report" in command:
         cwd = request.getfixturevalue("built")
+        if not (cwd / ".venv").exists():
+            (cwd / ".venv").symlink_to(ROOT / ".venv")
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
     result = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{document}: {shlex.quote(run)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
