@@ -180,6 +180,15 @@ def cmd_table(args) -> None:
     write_table(args.which, args.inputs, args.out, args.literature, args.markdown)
 
 
+def cmd_runs(args) -> None:
+    from p2core.runs import find_runs, format_table, run_status
+
+    statuses = [run_status(folder, args.folder) for folder in find_runs(args.folder)]
+    if not statuses:
+        raise P2Error(f"no training runs (folders with run.json) under {args.folder}")
+    print(json.dumps(statuses, indent=2) if args.json else format_table(statuses))
+
+
 def cmd_prefetch(args) -> None:
     from p2core.metrics import prefetch
 
@@ -293,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     recon.set_defaults(run=cmd_reconstruct)
 
     figure = commands.add_parser("figure", help="draw a figure (PNG + PDF)")
-    figure.add_argument("which", choices=("fig1", "fig2", "fig3", "fig4", "fig7", "samples"))
-    figure.add_argument("inputs", nargs="*", help="input files (samples: LABEL=PATH.npz, one per shard)")
+    figure.add_argument("which", choices=("fig1", "fig2", "fig3", "fig4", "fig7", "samples", "curves"))
+    figure.add_argument("inputs", nargs="*", help="input files (samples: LABEL=SHARD.npz; curves: LABEL=train.csv)")
     figure.add_argument("--out", required=True, help="PNG path; the PDF goes beside it")
     figure.add_argument("--title")
     figure.add_argument("--num-timesteps", type=int, default=1000, help="fig3")
@@ -313,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", required=True)
     table.add_argument("--markdown", help="also write a Markdown rendering here")
     table.set_defaults(run=cmd_table)
+
+    runs = commands.add_parser("runs", help="one line per training run: step, loss, img/s, ETA, state")
+    runs.add_argument("folder", nargs="?", default="results", help="searched recursively for run folders")
+    runs.add_argument("--json", action="store_true", help="a JSON list instead of the table")
+    runs.set_defaults(run=cmd_runs)
 
     fetch = commands.add_parser("prefetch", help="download Inception and AlexNet weights (run with internet)")
     fetch.add_argument("--weights-dir", default="resources/weights")

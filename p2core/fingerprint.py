@@ -25,6 +25,7 @@ RESULT_NEUTRAL = {
     "errors": "exception classes (error messages)",
     "progress": "progress bars",
     "lock": "who may write a folder, not what is written",
+    "runs": "reads run folders for `p2core runs`; training uses only its file name for run.json",
 }
 
 

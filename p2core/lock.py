@@ -65,8 +65,8 @@ class FileLock:
                 self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path}", daemon=True)
                 self._thread.start()
                 return self
-            holder = self._holder()
-            if holder is not None and not self._stale(holder):
+            holder = self.live_holder()
+            if holder is not None:
                 raise Locked(
                     f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
                     f"since {holder.get('since')} (lock {self.path}); wait for it, or delete the lock file "
@@ -81,6 +81,11 @@ class FileLock:
             self._thread.join()
         if self._holder() == self.identity:
             self.path.unlink(missing_ok=True)
+
+    def live_holder(self) -> dict | None:
+        """Who holds the lock now (host, pid, since), or ``None`` when it is free or its holder is gone."""
+        holder = self._holder()
+        return holder if holder is not None and not self._stale(holder) else None
 
     def _create(self) -> bool:
         try:

@@ -201,7 +201,36 @@ def sample_comparison(grids: dict[str, np.ndarray], title: str, path: str | Path
     save_figure(fig, path)
 
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig7", "samples")
+def training_curves(logs: dict[str, list[pd.DataFrame]], title: str, path: str | Path) -> None:
+    """Training loss by quarter of t over training steps: one panel per quarter, one colour per objective, each
+    seed's ``train.csv`` (``step``, ``loss_q0`` .. ``loss_q3``) a thin line and the mean over seeds bold.
+
+    The loss is the objective as trained (P2-weighted eps-MSE plus the VLB term), so the panels show where each
+    objective puts the model's effort over t (q0: the least noisy quarter, t < T/4)."""
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2), sharex=True, gridspec_kw={"wspace": 0.3})
+    for index, (label, seeds) in enumerate(logs.items()):
+        colour = _colour(label, index)
+        for quarter, ax in enumerate(axes):
+            column = f"loss_q{quarter}"
+            for log in seeds:
+                ax.plot(log["step"], log[column], color=colour, lw=0.6, alpha=0.35)
+            mean = pd.concat(seeds).groupby("step")[column].mean()
+            ax.plot(mean.index, mean.values, color=colour, lw=2, label=f"{label} (mean of {len(seeds)})")
+    names = ("t < T/4 (least noisy)", "T/4 <= t < T/2", "T/2 <= t < 3T/4", "t >= 3T/4 (noisiest)")
+    for name, ax in zip(names, axes, strict=True):
+        ax.set_title(name, fontsize=9)
+        ax.set_yscale("log")
+        for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("training step")
+    axes[0].set_ylabel("training loss (as weighted)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig7", "samples", "curves")
 
 
 def draw(
@@ -217,7 +246,8 @@ def draw(
 
     ``fig1``: the distance-vs-SNR CSV; ``fig2``: the reconstructions ``.npz``; ``fig3``: no inputs, ``weightings``
     ``{label: (name, params)}`` over ``num_timesteps``; ``fig4``, ``fig7``: metrics JSON files; ``samples``:
-    ``LABEL=SHARD.npz`` items (several per label for a sharded set), one panel of ``grid_count`` images per label.
+    ``LABEL=SHARD.npz`` items (several per label for a sharded set), one panel of ``grid_count`` images per label;
+    ``curves``: ``LABEL=train.csv`` items (one per seed), see :func:`training_curves`.
     """
     if which == "fig1":
         table = pd.read_csv(inputs[0])
@@ -241,13 +271,21 @@ def draw(
         rows = tables.figure7_rows(tables.collect(inputs))
         figure7(rows, rows["extractor"].iloc[0], out)
     elif which == "samples":
-        shards: dict[str, list[str]] = {}
-        for item in inputs:
-            label, sep, path = item.partition("=")
-            if not sep:
-                raise P2Error(f"samples input {item!r} must be LABEL=PATH.npz")
-            shards.setdefault(label, []).append(path)
-        grids = {label: image_grid(SampleShards(paths).head(grid_count)) for label, paths in shards.items()}
+        grids = {label: image_grid(SampleShards(paths).head(grid_count)) for label, paths in _labelled(inputs).items()}
         sample_comparison(grids, title or "samples", out)
+    elif which == "curves":
+        logs = {label: [pd.read_csv(path) for path in paths] for label, paths in _labelled(inputs).items()}
+        training_curves(logs, title or "training loss by quarter of t", out)
     else:
         raise ValueError(f"unknown figure {which!r}; choose one of {', '.join(FIGURES)}")
+
+
+def _labelled(inputs: list[str]) -> dict[str, list[str]]:
+    """``["a=x", "b=y", "a=z"]`` -> ``{"a": ["x", "z"], "b": ["y"]}`` (order kept)."""
+    groups: dict[str, list[str]] = {}
+    for item in inputs:
+        label, sep, path = item.partition("=")
+        if not sep:
+            raise P2Error(f"input {item!r} must be LABEL=PATH")
+        groups.setdefault(label, []).append(path)
+    return groups

@@ -2,6 +2,7 @@
 
 Output folder of a run::
 
+    run.json             the resolved spec, host, device and process count (read by ``p2core runs``)
     checkpoint.pt        latest full state (model, EMA, optimizer, step); resumed automatically
     train.csv            one row per log interval: step, loss terms, loss by quarter of t, img/s
     ema_step{N}.pt       EMA weights kept at the spec's ``snapshot_steps`` (FID during training)
@@ -18,7 +19,9 @@ import copy
 import csv
 import dataclasses
 import io
+import json
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from p2core.atomic import atomic_write
+from p2core.atomic import atomic_write, atomic_write_text
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import TrainingBatches, load_prepared
 from p2core.device import PRECISIONS, autocast, pick_device
@@ -36,6 +39,7 @@ from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
 from p2core.restore import build
+from p2core.runs import RUN_FILE
 from p2core.seeding import derived_seed, generator
 
 LOG_COLUMNS = ("step", "loss", "mse", "vb", "mse_unweighted", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "img_per_s")
@@ -222,6 +226,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         self.start = _resume(out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
         if ranks.is_main:
+            _write_run_file(out_dir, self.resolved, device, ranks)
             _truncate_log(out_dir / "train.csv", self.start)
             if self.start:
                 print(f"resuming from the checkpoint of step {self.start}", flush=True)
@@ -261,9 +266,9 @@ class _Run:
     def log(self, done: int) -> dict:
         """Close a log interval: a ``train.csv`` row (all ranks' samples), stopping on a non-finite loss."""
         row = self.stats.flush(done)
-        _check_finite(row, self.out_dir, done)
         if self.ranks.is_main:
-            _append_log(self.out_dir / "train.csv", row)
+            _append_log(self.out_dir / "train.csv", row)  # a non-finite row too: `p2core runs` reports "diverged"
+        _check_finite(row, self.out_dir, done)
         return row
 
     def save_ema(self, name: str, done: int) -> None:
@@ -370,6 +375,18 @@ def _check_finite(row: dict, out_dir: Path, step: int) -> None:
         raise TrainingDiverged(
             f"training loss became {row['loss']} by step {step}; {where}; lower the learning rate or check the data"
         )
+
+
+def _write_run_file(out_dir: Path, resolved: dict, device: torch.device, ranks: Ranks) -> None:
+    """``run.json``: what this run is and where it runs, for ``p2core runs`` (which never loads a checkpoint)."""
+    info = {
+        "spec": resolved,
+        "host": socket.gethostname(),
+        "device": str(device),
+        "processes": ranks.world,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_text(out_dir / RUN_FILE, json.dumps(info, indent=2))
 
 
 def _check_finite_weights(model: torch.nn.Module, out_dir: Path, step: int) -> None:

@@ -18,6 +18,7 @@ ARTIFACTS = [
     "results/figures/fig4_fid_during_training.png",
     "results/figures/fig5_samples.png",
     "results/figures/fig7_fid_vs_steps.png",
+    "results/figures/curves_digits.png",
 ]
 
 
@@ -46,7 +47,14 @@ def test_report_holds_every_artifact(built):
     result = snakemake(built, "--configfile", "config/test.yaml", "--report", "results/report.html", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     html = (built / "results/report.html").read_text(errors="replace")
-    for name in ("fig1_digits.png", "fig3_weights.png", "fig7_fid_vs_steps.png", "table1.csv", "table4.csv"):
+    for name in (
+        "fig1_digits.png",
+        "fig3_weights.png",
+        "fig7_fid_vs_steps.png",
+        "curves_digits.png",
+        "table1.csv",
+        "table4.csv",
+    ):
         assert name in html, name
 
 
@@ -62,7 +70,16 @@ def test_plotting_edit_redraws_only_the_figures(built):
         path.write_text(original + "\n# an edit\n")
         result = snakemake(built, "-n", "--configfile", "config/test.yaml")
         assert result.returncode == 0, result.stderr[-2000:]
-        assert planned_rules(result) == {"figure1", "figure2", "figure3", "figure4", "figure7", "sample_figure", "all"}
+        assert planned_rules(result) == {
+            "figure1",
+            "figure2",
+            "figure3",
+            "figure4",
+            "figure7",
+            "sample_figure",
+            "training_curves",
+            "all",
+        }
     finally:
         path.write_text(original)
 

@@ -346,6 +346,16 @@ def sample_figure_inputs(wildcards):
     }
 
 
+def table1_runs(dataset):
+    """(objective, run folder) of every Table 1 run of ``dataset``, seeds in order."""
+    sec = section("table1")
+    return [
+        (o, f"results/models/{run_path(dataset, o, default_arch(sec), s)}")
+        for o in sec["objectives"]
+        for s in config["seeds"]
+    ]
+
+
 def tags(wildcards):
     """--tag arguments that record what a metrics JSON describes (read back by the tables)."""
     ckpt = wildcards.ckpt
@@ -413,4 +423,5 @@ def all_artifacts():
         for o in sec["objectives"]
         for s in config["seeds"]
     ]
+    targets += [f"results/figures/curves_{d}.png" for d in sec["datasets"]]
     return targets

@@ -137,3 +137,29 @@ rule figure7:
         code=CODE["figure"],
     shell:
         "python -m p2core figure fig7 {input} --out {output} > {log} 2>&1"
+
+
+rule training_curves:
+    """Training loss by quarter of t over the steps of Table 1's runs of one dataset (from their train.csv)."""
+    input:
+        # each run's train.csv is complete once its ema.pt, written last, exists
+        lambda w: [f"{folder}/ema.pt" for _, folder in table1_runs(w.dataset)],
+    output:
+        report(
+            "results/figures/curves_{dataset}.png",
+            caption="../report/curves.rst",
+            category="Figures",
+            labels={"figure": "training curves", "dataset": "{dataset}"},
+        ),
+    log:
+        "logs/training_curves/{dataset}.log",
+    benchmark:
+        "benchmarks/jobs/training_curves/{dataset}.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        logs=lambda w: " ".join(shlex.quote(f"{o}={folder}/train.csv") for o, folder in table1_runs(w.dataset)),
+        title=lambda w: f"Training loss by quarter of t, {w.dataset} (thin: seeds, bold: mean)",
+        code=CODE["figure"],
+    shell:
+        "python -m p2core figure curves {params.logs} --title {params.title:q} --out {output} > {log} 2>&1"
