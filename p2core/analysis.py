@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from p2core import provenance
 from p2core.atomic import atomic_write, atomic_write_text
 from p2core.data import load_prepared
 from p2core.device import pick_device
@@ -153,6 +155,7 @@ def write_distance_vs_snr(
     table.insert(0, "distance", label)
     table.insert(0, "dataset", data.meta.get("name"))
     atomic_write_text(out, table.to_csv(index=False))
+    provenance.write_sidecar(out, {"inputs": [str(data_folder)]})
     return table
 
 
@@ -173,5 +176,11 @@ def write_reconstructions(
     chosen = np.sort(np.random.default_rng(seed).choice(len(data.images), num_images, replace=False))
     timesteps = evenly_spaced_timesteps(diffusion.num_timesteps, points)
     noisy, predicted = reconstructions(model, diffusion, data.images[chosen], timesteps, seed, device)
-    arrays = dict(noisy=noisy, predicted=predicted, timesteps=np.array(timesteps), snr=diffusion.terms.snr[timesteps])
+    arrays = dict(
+        noisy=noisy,
+        predicted=predicted,
+        timesteps=np.array(timesteps),
+        snr=diffusion.terms.snr[timesteps],
+        provenance=np.array(json.dumps(provenance.record(device))),
+    )
     atomic_write(out, lambda handle: np.savez(handle, **arrays))

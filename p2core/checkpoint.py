@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from p2core import provenance
 from p2core.atomic import atomic_write
 from p2core.errors import CheckpointError
 
@@ -22,7 +23,9 @@ FORMAT = "p2core-checkpoint-v1"
 
 
 def save_checkpoint(path: str | Path, kind: str, **content) -> None:
-    """Write ``{"format", "kind", **content}`` to ``path`` atomically: a temp file, fsync, then rename."""
+    """Write ``{"format", "kind", "provenance", **content}`` to ``path`` atomically: a temp file, fsync, then rename.
+    ``provenance`` (:func:`p2core.provenance.record`) is filled in unless ``content`` brings its own."""
+    content.setdefault("provenance", provenance.record())
     atomic_write(path, lambda handle: torch.save({"format": FORMAT, "kind": kind, **content}, handle))
 
 

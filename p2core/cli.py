@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from p2core import provenance
 from p2core.errors import P2Error
 
 
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        provenance.set_step(args.command, list(sys.argv[1:] if argv is None else argv))
         args.run(args)
     except P2Error as exc:
         print(f"p2core {args.command}: error: {exc}", file=sys.stderr)

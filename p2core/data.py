@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from p2core import provenance
 from p2core.atomic import atomic_write, disk_full
 from p2core.errors import DataError
 from p2core.progress import progress_bar
@@ -172,6 +173,7 @@ def _commit_prepared(folder: Path, writer: ImageArrayWriter, meta: dict, labels:
         "channels": channels,
         "labelled": labels is not None,
         "sha256": writer.sha256.hexdigest(),
+        "provenance": provenance.record(),
     }
     atomic_write(folder / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
     return meta

@@ -26,6 +26,8 @@ RESULT_NEUTRAL = {
     "progress": "progress bars",
     "lock": "who may write a folder, not what is written",
     "runs": "reads run folders for `p2core runs`; training uses only its file name for run.json",
+    "provenance": "metadata recorded beside a result (commit, versions, machine), never the result itself",
+    "fingerprint": "hashes code for the DAG and for provenance records",
 }
 
 

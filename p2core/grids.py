@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from p2core import provenance
 from p2core.atomic import atomic_write
 from p2core.shards import SampleShards
 
@@ -35,3 +36,4 @@ def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
 def save_sample_grid(shard_paths: list[str | Path], out: str | Path, count: int = 64, scale: int = 1) -> None:
     """A grid of the first ``count`` images of a sample set (its shard files) as a PNG."""
     save_png(out, image_grid(SampleShards(shard_paths).head(count)), scale=scale)
+    provenance.write_sidecar(out, {"inputs": [str(p) for p in shard_paths]})

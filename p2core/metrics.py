@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from p2core import provenance
 from p2core.atomic import atomic_write
 from p2core.data import load_prepared
 from p2core.errors import P2Error
@@ -232,6 +233,12 @@ def evaluate_samples(
         cache_dir=cache_dir,
         device=device,
     )
-    result.update(samples=[str(p) for p in shard_paths], dataset_sha256=data.meta["sha256"], tags=tags or {})
+    used = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    result.update(
+        samples=[str(p) for p in shard_paths],
+        dataset_sha256=data.meta["sha256"],
+        tags=tags or {},
+        provenance=provenance.record(used),
+    )
     write_json(out, result)
     return result

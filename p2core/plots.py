@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from p2core import tables  # noqa: E402
+from p2core import provenance, tables  # noqa: E402
 from p2core.errors import P2Error  # noqa: E402
 from p2core.grids import image_grid  # noqa: E402
 from p2core.schedule import make_betas  # noqa: E402
@@ -249,6 +249,11 @@ def draw(
     ``LABEL=SHARD.npz`` items (several per label for a sharded set), one panel of ``grid_count`` images per label;
     ``curves``: ``LABEL=train.csv`` items (one per seed), see :func:`training_curves`.
     """
+    _draw(which, inputs, out, title, num_timesteps, weightings, grid_count)
+    provenance.write_sidecar(out, {"inputs": list(inputs), "pdf": str(Path(out).with_suffix(".pdf"))})
+
+
+def _draw(which, inputs, out, title, num_timesteps, weightings, grid_count) -> None:
     if which == "fig1":
         table = pd.read_csv(inputs[0])
         figure1(table, table["distance"].iloc[0], table["dataset"].iloc[0], out)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2core.device import autocast, pick_device
+from p2core import provenance
+from p2core.device import autocast, pick_device, resolve_precision
 from p2core.errors import P2Error
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
@@ -94,5 +95,6 @@ def draw_shard(
     out = Path(out)
     with FileLock(out.with_name(f".{out.name}.lock")):
         images = generate(checkpoint, sampler, num, batch_size, seed, device, precision, progress=progress, start=start)
-        save_shard(out, images, first_index=start)
+        used = pick_device(device)
+        save_shard(out, images, first_index=start, origin=provenance.record(used, resolve_precision(precision, used)))
     return images

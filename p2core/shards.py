@@ -8,23 +8,33 @@ them batch by batch and never holds a concatenated copy.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from p2core import provenance
 from p2core.atomic import atomic_write
 from p2core.errors import DataError
 
 _LOCAL_HEADER_SIZE = 30  # fixed part of a zip local file header; name and extra-field lengths at bytes 26..29
 
 
-def save_shard(path: str | Path, images: np.ndarray, first_index: int = 0) -> None:
-    """Write uint8 NHWC ``images`` (image numbers ``first_index ..``) to ``path`` atomically, uncompressed."""
+def save_shard(path: str | Path, images: np.ndarray, first_index: int = 0, origin: dict | None = None) -> None:
+    """Write uint8 NHWC ``images`` (image numbers ``first_index ..``) to ``path`` atomically, uncompressed, with
+    ``origin`` (default: :func:`p2core.provenance.record`) as JSON under the key ``provenance``."""
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"samples must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    atomic_write(path, lambda handle: np.savez(handle, arr_0=images, first_index=np.int64(first_index)))
+    record = np.array(json.dumps(origin or provenance.record()))
+    atomic_write(path, lambda h: np.savez(h, arr_0=images, first_index=np.int64(first_index), provenance=record))
+
+
+def shard_provenance(path: str | Path) -> dict:
+    """The provenance recorded in a shard file (``{}`` for shards written without one)."""
+    with np.load(path) as archive:
+        return json.loads(str(archive["provenance"])) if "provenance" in archive.files else {}
 
 
 def open_shard(path: str | Path) -> tuple[np.memmap, int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from p2core import provenance
 from p2core.atomic import atomic_write_text
 from p2core.respace import parse_sampler, sampler_steps
 
@@ -139,6 +140,22 @@ def write_table(
     else:
         raise ValueError(f"unknown table {which!r}; choose one of {', '.join(TABLES)}")
     atomic_write_text(out, table.to_csv(index=False))
+    aggregates = {"aggregates": [_source(path) for path in ([*inputs, literature] if literature else inputs)]}
+    provenance.write_sidecar(out, aggregates)
     if markdown:
         atomic_write_text(markdown, to_markdown(table))
+        provenance.write_sidecar(markdown, aggregates)
     return table
+
+
+def _source(path: str | Path) -> dict:
+    """What a table row came from: the file, its tags (run and sampler) and where it was computed."""
+    path = Path(path)
+    content = json.loads(path.read_text()) if path.suffix == ".json" else {}
+    origin = provenance.read(path)
+    return {
+        "file": str(path),
+        "tags": content.get("tags", {}),
+        **{key: origin.get(key, "unknown") for key in ("git_commit", "git_dirty", "host", "device")},
+        "code_fingerprint": origin.get("step", {}).get("code_fingerprint", "unknown"),
+    }

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from p2core import provenance
 from p2core.atomic import atomic_write, atomic_write_text
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import TrainingBatches, load_prepared
-from p2core.device import PRECISIONS, autocast, pick_device
+from p2core.device import PRECISIONS, autocast, pick_device, resolve_precision
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.lock import FileLock
@@ -275,7 +276,15 @@ class _Run:
         """EMA weights alone (``ema_step{N}.pt``, ``ema.pt``), refused when any of them is not finite."""
         _check_finite_weights(self.ema, self.out_dir, done)
         if self.ranks.is_main:
-            save_checkpoint(self.out_dir / name, "ema", spec=self.resolved, state_dict=self.ema.state_dict(), step=done)
+            state = self.ema.state_dict()
+            save_checkpoint(
+                self.out_dir / name,
+                "ema",
+                spec=self.resolved,
+                state_dict=state,
+                step=done,
+                provenance=self.provenance(),
+            )
 
     def save_checkpoint(self, done: int) -> None:
         """Everything a resume needs, in ``checkpoint.pt``."""
@@ -289,7 +298,12 @@ class _Run:
                 ema=self.ema.state_dict(),
                 optimizer=self.optimizer.state_dict(),
                 step=done,
+                provenance=self.provenance(),
             )
+
+    def provenance(self) -> dict:
+        """The provenance record of a file written now, with this run's device and precision."""
+        return provenance.record(self.device, resolve_precision(self.spec.precision, self.device))
 
 
 def _microbatches(count: int, size: int | None) -> list[tuple[slice, bool]]:
