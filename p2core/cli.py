@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     figure.set_defaults(run=cmd_figure)
 
     table = commands.add_parser("table", help="build a table CSV from metrics JSON files")
-    table.add_argument("which", choices=("table1", "table2", "table3", "table4"))
-    table.add_argument("inputs", nargs="+", help="metrics JSON files (table2: the table1 CSV)")
+    table.add_argument("which", choices=("table1", "table2", "table3", "table4", "summary"))
+    table.add_argument("inputs", nargs="+", help="metrics JSON files (table2: the table1 CSV; summary: table CSVs)")
     table.add_argument("--literature", help="table2: CSV of published numbers (model, dataset, fid, source)")
     table.add_argument("--out", required=True)
     table.add_argument("--markdown", help="also write a Markdown rendering here")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import scipy.stats
 
 from p2core import provenance
 from p2core.atomic import atomic_write_text
@@ -43,14 +45,17 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def table1(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Table 1: FID and KID per dataset and objective (mean and std over seeds), with the P2-minus-baseline gap."""
+    """Table 1: FID and KID per dataset and objective (mean and std over seeds), with the difference to the baseline
+    and its 95% interval over seeds."""
     out = _summary(metrics, ["dataset", "objective"])
-    return _with_gain(out, ["dataset"])
+    return _with_difference(out, metrics, ["dataset"])
 
 
 def table3(metrics: pd.DataFrame) -> pd.DataFrame:
     """Table 3: configuration ablations, one row per (arch, objective)."""
-    return _with_gain(_summary(metrics, ["dataset", "arch", "arch_label", "objective"]), ["dataset", "arch"])
+    return _with_difference(
+        _summary(metrics, ["dataset", "arch", "arch_label", "objective"]), metrics, ["dataset", "arch", "arch_label"]
+    )
 
 
 def table4(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +71,7 @@ def table4(metrics: pd.DataFrame) -> pd.DataFrame:
     ]
     out.insert(2, "kind", [k for k, _ in kinds_steps])
     out.insert(3, "steps", [n for _, n in kinds_steps])
-    return _with_gain(out.sort_values(["dataset", "kind", "steps", "objective"]), ["dataset", "sampler"])
+    return _with_difference(out.sort_values(["dataset", "kind", "steps", "objective"]), metrics, ["dataset", "sampler"])
 
 
 def fid_during_training(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -92,16 +97,57 @@ def _sampler_steps(sampler: str, num_timesteps: int) -> tuple[str, int]:
     return parse_sampler(sampler)[0], sampler_steps(sampler, int(num_timesteps))
 
 
-def _with_gain(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Add ``fid_gain_vs_baseline``: baseline FID minus this row's (positive = better than baseline)."""
+def welch_interval(values: np.ndarray, reference: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Difference of means ``mean(values) - mean(reference)`` and its Welch t interval at ``level``.
+
+    Both need at least two values (seeds); equal values on both sides give a zero-width interval.
+    """
+    values, reference = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
+    difference = float(values.mean() - reference.mean())
+    var_a, var_b = values.var(ddof=1) / len(values), reference.var(ddof=1) / len(reference)
+    if var_a + var_b == 0:
+        return difference, difference, difference
+    dof = (var_a + var_b) ** 2 / (var_a**2 / (len(values) - 1) + var_b**2 / (len(reference) - 1))
+    half = float(scipy.stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(var_a + var_b))
+    return difference, difference - half, difference + half
+
+
+def _with_difference(table: pd.DataFrame, metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Add, per row, the difference to the ``baseline`` row with the same ``keys`` (negative = lower than baseline)
+    for FID and KID, with a 95% Welch t interval over seeds and the method in ``interval`` (no interval, and the
+    reason, with fewer than two seeds on either side)."""
     if "baseline" not in set(table["objective"]):
         return table
-    baseline = table[table["objective"] == "baseline"].set_index(keys)["fid_mean"]
-    gains = [
-        baseline.get(tuple(row[k] for k in keys) if len(keys) > 1 else row[keys[0]], float("nan")) - row["fid_mean"]
-        for _, row in table.iterrows()
-    ]
-    return table.assign(fid_gain_vs_baseline=gains)
+    groups = {name: rows for name, rows in metrics.groupby([*keys, "objective"], sort=False)}
+    columns = {
+        name: []
+        for name in (
+            "fid_diff",
+            "fid_diff_low95",
+            "fid_diff_high95",
+            "kid_diff",
+            "kid_diff_low95",
+            "kid_diff_high95",
+            "interval",
+        )
+    }
+    for _, row in table.iterrows():
+        key = tuple(row[k] for k in keys)
+        mine, base = groups[(*key, row["objective"])], groups.get((*key, "baseline"))
+        if row["objective"] == "baseline" or base is None:
+            method, results = "reference" if base is not None else "no baseline", [(np.nan,) * 3] * 2
+        elif min(len(mine), len(base)) < 2:
+            method = f"none: {len(mine)} vs {len(base)} seeds (an interval needs 2 or more on each side)"
+            results = [(mine[m].mean() - base[m].mean(), np.nan, np.nan) for m in ("fid", "kid_mean")]
+        else:
+            method = f"95% Welch t over seeds ({len(mine)} vs {len(base)})"
+            results = [welch_interval(mine[m].to_numpy(), base[m].to_numpy()) for m in ("fid", "kid_mean")]
+        for prefix, (difference, low, high) in zip(("fid", "kid"), results, strict=True):
+            columns[f"{prefix}_diff"].append(difference)
+            columns[f"{prefix}_diff_low95"].append(low)
+            columns[f"{prefix}_diff_high95"].append(high)
+        columns["interval"].append(method)
+    return table.assign(**columns)
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
@@ -121,7 +167,7 @@ def figure7_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.merge(sweep, on="sampler")
 
 
-TABLES = ("table1", "table2", "table3", "table4")
+TABLES = ("table1", "table2", "table3", "table4", "summary")
 
 
 def write_table(
@@ -132,7 +178,13 @@ def write_table(
     markdown: str | Path | None = None,
 ) -> pd.DataFrame:
     """Build table ``which`` from metrics JSON files (``table2``: from the Table 1 CSV and an optional literature
-    CSV) and write it as CSV to ``out`` (and as Markdown to ``markdown``)."""
+    CSV) and write it as CSV to ``out`` (and as Markdown to ``markdown``). ``summary``: the claims (:func:`claims`)
+    that the given table CSVs (``table1.csv``, ...) test, as Markdown to ``out``."""
+    if which == "summary":
+        table = claims({Path(path).stem: pd.read_csv(path) for path in inputs})
+        atomic_write_text(out, summary_markdown(table))
+        provenance.write_sidecar(out, {"aggregates": [str(path) for path in inputs]})
+        return table
     if which == "table2":
         table = table2(pd.read_csv(inputs[0]), pd.read_csv(literature) if literature else None)
     elif which in TABLES:
@@ -159,3 +211,54 @@ def _source(path: str | Path) -> dict:
         **{key: origin.get(key, "unknown") for key in ("git_commit", "git_dirty", "host", "device")},
         "code_fingerprint": origin.get("step", {}).get("code_fingerprint", "unknown"),
     }
+
+
+CLAIM_TABLES = {"table1": ("dataset",), "table3": ("arch_label",), "table4": ("sampler",)}
+
+
+def claims(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paper's claims that the given tables test, each with the measured effect and a verdict.
+
+    Every non-baseline row of Table 1 (per dataset, FID and KID), Table 3 (per architecture) and Table 4 (per
+    sampler) tests "this objective lowers the metric against the baseline": ``supported`` when the whole 95% interval
+    of the difference is below 0, ``not supported`` when it is above 0, ``inconclusive`` when it contains 0 or there
+    is no interval (fewer than two seeds).
+    """
+    rows = []
+    for name, table in tables.items():
+        if "interval" not in table:
+            continue
+        for _, row in table[table["objective"] != "baseline"].iterrows():
+            where = ", ".join(f"{row[k]}" for k in CLAIM_TABLES[name])
+            metrics = ("fid", "kid") if name == "table1" else ("fid",)
+            for metric in metrics:
+                low, high = row[f"{metric}_diff_low95"], row[f"{metric}_diff_high95"]
+                verdict = "supported" if high < 0 else "not supported" if low > 0 else "inconclusive"
+                rows.append(
+                    {
+                        "table": name,
+                        "claim": f"{row['objective']} lowers {metric.upper()} vs baseline ({where})",
+                        "difference": row[f"{metric}_diff"],
+                        "low95": low,
+                        "high95": high,
+                        "interval": row["interval"],
+                        "verdict": verdict,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(claims_table: pd.DataFrame) -> str:
+    """A short generated summary: one line per claim, numbers from the tables, never written by hand."""
+    lines = [
+        "# What this run shows",
+        "",
+        "Generated from the tables (difference = objective minus baseline; lower FID/KID is better).",
+        "",
+    ]
+    for _, c in claims_table.iterrows():
+        interval = f"[{c['low95']:.3g}, {c['high95']:.3g}]" if np.isfinite(c["low95"]) else "no interval"
+        lines.append(
+            f"- **{c['verdict']}**: {c['claim']} ({c['table']}): {c['difference']:+.3g}, {interval}; {c['interval']}."
+        )
+    return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ ARTIFACTS = [
     "results/figures/fig5_samples.png",
     "results/figures/fig7_fid_vs_steps.png",
     "results/figures/curves_digits.png",
+    "results/summary.md",
 ]
 
 
@@ -52,6 +53,7 @@ def test_report_holds_every_artifact(built):
         "fig3_weights.png",
         "fig7_fid_vs_steps.png",
         "curves_digits.png",
+        "summary.md",
         "table1.csv",
         "table4.csv",
     ):

@@ -403,8 +403,13 @@ def fig3_weightings():
     return json.dumps(curves, sort_keys=True)
 
 
+def summary_tables():
+    """The table CSVs whose rows test a claim of the paper (Tables 1, 3 and 4, where configured)."""
+    return [f"results/{name}.csv" for name in ("table1", "table3", "table4") if name in config]
+
+
 def all_artifacts():
-    targets = ["results/table1.csv", "results/table2.csv", "results/figures/fig3_weights.png"]
+    targets = ["results/table1.csv", "results/table2.csv", "results/figures/fig3_weights.png", "results/summary.md"]
     if "table3" in config:
         targets.append("results/table3.csv")
     if "table4" in config:

@@ -75,3 +75,26 @@ rule table4:
         code=CODE["table"],
     shell:
         "python -m p2core table table4 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+
+
+rule summary:
+    """The paper's claims that the configured tables test, with measured effects, intervals and verdicts."""
+    input:
+        summary_tables(),
+    output:
+        report(
+            "results/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"summary": "claims"},
+        ),
+    log:
+        "logs/summary/summary.log",
+    benchmark:
+        "benchmarks/jobs/summary/summary.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["table"],
+    shell:
+        "python -m p2core table summary {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,54 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from p2core.tables import claims, summary_markdown, table1, table3, welch_interval
+
+
+def test_welch_interval_matches_the_closed_form():
+    # means 2 and 5; variances 1 and 1 over 3 values: se = sqrt(2/3), Welch dof = 4, t(0.975, 4) = 2.7764451
+    difference, low, high = welch_interval([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    half = 2.7764451051977987 * np.sqrt(2 / 3)
+    assert difference == -3.0
+    assert (low, high) == pytest.approx((-3.0 - half, -3.0 + half), rel=1e-12)
+    # unequal spread and counts: dof from Welch-Satterthwaite
+    a, b = np.array([0.0, 2.0]), np.array([1.0, 1.5, 2.0, 2.5])
+    va, vb = a.var(ddof=1) / 2, b.var(ddof=1) / 4
+    dof = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 3)
+    from scipy.stats import t
+
+    assert welch_interval(a, b)[2] == pytest.approx(a.mean() - b.mean() + t.ppf(0.975, dof) * np.sqrt(va + vb))
+    assert welch_interval([1.0, 1.0], [2.0, 2.0]) == (-1.0, -1.0, -1.0)
+
+
+def metrics(rows):
+    columns = ("dataset", "arch", "arch_label", "objective", "seed", "fid", "kid_mean")
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.assign(extractor="domain", n_generated=10, n_reference=20)
+
+
+def test_tables_carry_the_difference_with_its_interval_and_claims_get_verdicts():
+    rows = [("d", "a", "A", "baseline", s, 10.0 + s, 0.1) for s in range(3)]
+    rows += [("d", "a", "A", "p2", s, 7.0 + s, 0.1 + 0.01 * s) for s in range(3)]
+    rows += [
+        ("e", "a", "A", objective, s, base + s, 0.1) for objective, base in (("baseline", 1), ("p2", 9)) for s in (0, 1)
+    ]
+    table = table1(metrics(rows))
+    p2 = table[table["objective"] == "p2"].iloc[0]
+    expected = welch_interval([7.0, 8.0, 9.0], [10.0, 11.0, 12.0])
+    assert (p2["fid_diff"], p2["fid_diff_low95"], p2["fid_diff_high95"]) == pytest.approx(expected)
+    assert p2["interval"] == "95% Welch t over seeds (3 vs 3)"
+    assert table[table["objective"] == "baseline"].iloc[0]["interval"] == "reference"
+    single = table3(metrics([("d", "b", "B", "baseline", 0, 5.0, 0.1), ("d", "b", "B", "p2", 0, 6.0, 0.2)]))
+    one = single[single["objective"] == "p2"].iloc[0]
+    assert one["fid_diff"] == 1.0 and np.isnan(one["fid_diff_low95"]) and one["interval"].startswith("none: 1 vs 1")
+    found = claims({"table1": table, "table3": single}).set_index("claim")["verdict"].to_dict()
+    assert found == {
+        "p2 lowers FID vs baseline (d)": "supported",  # interval entirely below 0
+        "p2 lowers KID vs baseline (d)": "inconclusive",  # KID +0.01, interval spans 0
+        "p2 lowers FID vs baseline (e)": "not supported",  # +8 with zero spread: interval entirely above 0
+        "p2 lowers KID vs baseline (e)": "inconclusive",  # equal: a zero-width interval at 0
+        "p2 lowers FID vs baseline (B)": "inconclusive",  # one seed: no interval
+    }
+    text = summary_markdown(claims({"table1": table}))
+    assert text.startswith("# What this run shows") and "**supported**: p2 lowers FID vs baseline (d)" in text
