@@ -54,6 +54,7 @@ def test_report_holds_every_artifact(built):
         "fig7_fid_vs_steps.png",
         "curves_digits.png",
         "summary.md",
+        "Sample grids",
         "table1.csv",
         "table4.csv",
     ):

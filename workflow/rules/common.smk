@@ -13,7 +13,6 @@ import yaml
 from snakemake.settings.types import DeploymentMethod
 
 ROOT = Path(workflow.basedir).parent
-P2CORE_DIR = ROOT / "p2core"
 sys.path.insert(0, str(ROOT))
 # these p2core modules import numpy only, no torch: a no-op run stays fast
 from p2core.fingerprint import command_fingerprint  # noqa: E402

@@ -39,7 +39,12 @@ rule sample_grid:
     input:
         lambda w: sample_shards(w.dataset, w.objective, w.arch, w.seed, w.ckpt, w.sampler),
     output:
-        "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/grid.png",
+        report(
+            "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/grid.png",
+            caption="../report/grid.rst",
+            category="Sample grids",
+            labels={"dataset": "{dataset}", "objective": "{objective}", "seed": "{seed}", "sampler": "{sampler}"},
+        ),
     log:
         "logs/sample_grid/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
     conda:
