@@ -1,4 +1,4 @@
-"""PNG grids of uint8 images (sample sets, dataset previews): pure numpy and PIL."""
+"""PNG grids of uint8 images (sample sets, dataset previews): numpy and PIL, no torch."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ process holds ``.train.lock``), ``stopped`` (none of these: preempted, killed, o
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
@@ -31,8 +32,8 @@ def _last_row(log: Path) -> dict | None:
     if not log.exists():
         return None
     with open(log, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return rows[-1] if rows else None
+        rows = collections.deque(csv.DictReader(handle), maxlen=1)  # streamed: only the last row is kept
+    return rows[0] if rows else None
 
 
 def run_status(folder: str | Path, root: str | Path | None = None) -> dict:

@@ -31,12 +31,6 @@ def save_shard(path: str | Path, images: np.ndarray, first_index: int = 0, origi
     atomic_write(path, lambda h: np.savez(h, arr_0=images, first_index=np.int64(first_index), provenance=record))
 
 
-def shard_provenance(path: str | Path) -> dict:
-    """The provenance recorded in a shard file (``{}`` for shards written without one)."""
-    with np.load(path) as archive:
-        return json.loads(str(archive["provenance"])) if "provenance" in archive.files else {}
-
-
 def open_shard(path: str | Path) -> tuple[np.memmap, int]:
     """``(images, first_index)`` of a shard; ``images`` is a read-only uint8 (n, H, W, C) memory map.
 

@@ -204,7 +204,7 @@ def _source(path: str | Path) -> dict:
     """What a table row came from: the file, its tags (run and sampler) and where it was computed."""
     path = Path(path)
     content = json.loads(path.read_text()) if path.suffix == ".json" else {}
-    origin = provenance.read(path)
+    origin = content["provenance"] if "provenance" in content else provenance.read(path)
     return {
         "file": str(path),
         "tags": content.get("tags", {}),

@@ -76,7 +76,7 @@ def validate_config(cfg):
         check_objective(f"objectives.{name}", objective, cfg)
     samplers = [("sampling.sampler", cfg["sampling"]["sampler"])]
     samplers += [(f"{key}.sampler", sec["sampler"]) for key, sec in artifact_sections(cfg) if "sampler" in sec]
-    samplers += [(f"table4.samplers", s) for s in cfg.get("table4", {}).get("samplers", [])]
+    samplers += [("table4.samplers", s) for s in cfg.get("table4", {}).get("samplers", [])]
     for where, sampler in samplers:
         try:
             sampler_steps(sampler, cfg["num_timesteps"])
