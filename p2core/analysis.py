@@ -110,19 +110,19 @@ def reconstructions(
 
 
 def perceptual_distance(
-    kind: str, weights_dir: str | Path, domain_weights: str | Path | None = None
+    kind: str, weights_dir: str | Path, domain_weights: str | Path | None = None, allow_unverified: bool = False
 ) -> tuple[Distance, str]:
     """Figure 1's distance and its label: ``lpips`` (AlexNet LPIPS, greyscale repeated to RGB) or ``domain`` (the
     domain classifier's normalised feature distance, for data LPIPS cannot judge)."""
     if kind == "lpips":
-        model = lpips_model(weights_dir)
+        model, verified = lpips_model(weights_dir, allow_unverified=allow_unverified)
 
         def distance(a, b):
             if a.shape[1] == 1:
                 a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
             return model(a, b).flatten()
 
-        return distance, "LPIPS (AlexNet)"
+        return distance, "LPIPS (AlexNet)" if verified else "LPIPS (AlexNet, UNVERIFIED backbone file)"
     if kind == "domain":
         classifier, _ = load_domain_classifier(domain_weights)
         return (lambda a, b: domain_distance(classifier, a, b)), "domain-feature distance (not LPIPS)"
@@ -135,15 +135,18 @@ def write_distance_vs_snr(
     distance: str,
     weights_dir: str | Path,
     domain_weights: str | Path | None = None,
+    allow_unverified: bool = False,
     schedule: str = "linear",
     num_timesteps: int = 1000,
     points: int = 25,
     pairs: int = 128,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Figure 1's data for a prepared dataset as a CSV (:func:`distance_vs_snr` plus ``dataset`` and ``distance``)."""
+    """Figure 1's data for a prepared dataset as a CSV (:func:`distance_vs_snr` plus ``dataset`` and ``distance``).
+
+    ``allow_unverified``: accept an LPIPS backbone file that is not the official one (the label then says so)."""
     data = load_prepared(data_folder)
-    measure, label = perceptual_distance(distance, weights_dir, domain_weights)
+    measure, label = perceptual_distance(distance, weights_dir, domain_weights, allow_unverified)
     table = distance_vs_snr(
         data.images,
         create_diffusion(schedule, num_timesteps),

@@ -113,22 +113,54 @@ def cmd_train_features(args) -> None:
     print(json.dumps(result))
 
 
-def cmd_evaluate(args) -> None:
-    from p2core.metrics import evaluate_samples
+def cmd_reference(args) -> None:
+    import torch
 
-    result = evaluate_samples(
-        args.samples,
+    from p2core.metrics import write_reference
+
+    torch.set_num_threads(args.threads)
+    info = write_reference(
         args.data,
         args.out,
         args.extractor,
         args.domain_weights,
         args.weights_dir,
+        args.allow_unverified_weights,
+        args.floor_size,
         args.kid_subset_size,
-        args.cache_dir,
+        args.device,
+        progress=not args.no_progress,
+    )
+    print(json.dumps({k: info[k] for k in ("extractor", "n_reference", "weights_verified", "noise_floor")}))
+
+
+def cmd_evaluate(args) -> None:
+    import torch
+
+    from p2core.metrics import evaluate_samples
+
+    torch.set_num_threads(args.threads)
+    result = evaluate_samples(
+        args.samples,
+        args.reference,
+        args.out,
+        args.kid_subset_size,
+        args.bootstrap,
         args.device,
         tags=_parse_tags(args.tag),
+        progress=not args.no_progress,
     )
-    print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor")}))
+    print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor", "weights_verified")}))
+
+
+def _kid_subset(text: str) -> int | None:
+    """``--kid-subset-size``: an integer, or ``auto`` (None: min(1000, smaller set))."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
 def _parse_tags(pairs: list[str]) -> dict:
@@ -154,6 +186,7 @@ def cmd_distance_vs_snr(args) -> None:
         args.distance,
         args.weights_dir,
         args.domain_weights,
+        args.allow_unverified_weights,
         args.schedule,
         args.num_timesteps,
         args.points,
@@ -191,7 +224,7 @@ def cmd_runs(args) -> None:
 
 
 def cmd_prefetch(args) -> None:
-    from p2core.metrics import prefetch
+    from p2core.weights import prefetch
 
     for path in prefetch(args.weights_dir):
         print(f"ready: {path}")
@@ -265,15 +298,39 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--no-progress", action="store_true")
     features.set_defaults(run=cmd_train_features)
 
-    evaluate = commands.add_parser("evaluate", help="FID and KID of samples against a prepared dataset")
+    unverified = dict(
+        action="store_true",
+        help="use weights files whose SHA-256 is not the official one (stand-ins); results say weights_verified: false",
+    )
+    reference = commands.add_parser("reference", help="reference statistics of a prepared dataset for FID/KID")
+    reference.add_argument("--data", required=True, help="prepared dataset folder")
+    reference.add_argument("--extractor", default="inception-v3-compat", choices=("inception-v3-compat", "domain"))
+    reference.add_argument("--domain-weights", help="domain feature network checkpoint (extractor 'domain')")
+    reference.add_argument("--weights-dir", default="resources/weights", help="where prefetched weights live")
+    reference.add_argument("--allow-unverified-weights", **unverified)
+    reference.add_argument(
+        "--floor-size",
+        type=int,
+        default=10_000,
+        help="real images held out for the real-vs-real noise floor (use the sample count)",
+    )
+    reference.add_argument("--kid-subset-size", type=_kid_subset, default=None, help="integer or auto (default)")
+    reference.add_argument("--device", default="auto")
+    reference.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    reference.add_argument("--no-progress", action="store_true")
+    reference.add_argument("--out", required=True, help="statistics .npz")
+    reference.set_defaults(run=cmd_reference)
+
+    evaluate = commands.add_parser("evaluate", help="FID and KID of samples against reference statistics")
     evaluate.add_argument("--samples", required=True, nargs="+", help="the sample set's shard .npz files")
-    evaluate.add_argument("--data", required=True, help="prepared reference dataset folder")
-    evaluate.add_argument("--extractor", default="inception-v3-compat", choices=("inception-v3-compat", "domain"))
-    evaluate.add_argument("--domain-weights", help="domain feature network checkpoint (extractor 'domain')")
-    evaluate.add_argument("--weights-dir", default="resources/weights", help="where prefetched weights live")
-    evaluate.add_argument("--kid-subset-size", type=int, default=1000)
-    evaluate.add_argument("--cache-dir", help="cache reference features here")
+    evaluate.add_argument("--reference", required=True, help="statistics .npz from `p2core reference`")
+    evaluate.add_argument(
+        "--kid-subset-size", type=_kid_subset, default=None, help="integer or auto: min(1000, smaller set)"
+    )
+    evaluate.add_argument("--bootstrap", type=int, default=100, help="resamples for the FID interval (0: none)")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--tag", action="append", default=[], help="KEY=VALUE recorded in the JSON (repeatable)")
     evaluate.add_argument("--out", required=True, help="metrics JSON")
     evaluate.set_defaults(run=cmd_evaluate)
@@ -283,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     snr.add_argument("--distance", choices=("lpips", "domain"), required=True)
     snr.add_argument("--domain-weights", help="domain feature network (distance 'domain')")
     snr.add_argument("--weights-dir", default="resources/weights")
+    snr.add_argument("--allow-unverified-weights", **unverified)
     snr.add_argument("--schedule", default="linear")
     snr.add_argument("--num-timesteps", type=int, default=1000)
     snr.add_argument("--points", type=int, default=25, help="number of timesteps evaluated")

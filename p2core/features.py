@@ -7,7 +7,6 @@ The same network gives the perceptual distance used where LPIPS cannot apply (Fi
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -138,14 +137,6 @@ def load_domain_classifier(path: str | Path) -> tuple[DomainClassifier, dict]:
     model = DomainClassifier(**state["config"])
     model.load_state_dict(state["state_dict"])
     return model.eval().requires_grad_(False), state
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class DomainFeatureExtractor(FeatureExtractorBase):

@@ -1,41 +1,56 @@
-"""FID and KID through torch-fidelity, LPIPS through the ``lpips`` package, and the offline weight story.
+"""Feature extraction, reference statistics and FID/KID evaluation (torch-fidelity backend); LPIPS from local files.
 
-Feature extractors (``extractor`` argument):
+Two steps, one pipeline rule each:
 
-* ``inception-v3-compat``: the standard (TF-Inception port). Its weights file must be present locally: in
-  ``weights_dir`` (put there by ``p2core prefetch``) or in the torch hub cache. Nothing downloads at evaluation
-  time, so offline compute nodes work and a missing file is one clear error.
+1. :func:`write_reference` (``p2core reference``), once per (dataset, extractor): the real images' features, their
+   mean and covariance, a degenerate-feature check and the real-vs-real noise floor, in one ``.npz``;
+2. :func:`evaluate_samples` (``p2core evaluate``), per sample set: its features against that file: FID, KID, a
+   bootstrap interval of the FID over samples, in a metrics JSON that names backend, extractor, weights (verified or
+   not), resize, counts and the noise floor.
+
+Feature extractors (``extractor``):
+
+* ``inception-v3-compat``: torch-fidelity's port of the TF Inception (the standard FID network, 2048-d pool
+  features, bilinear resize to 299 px as TF 1.x did). Its weights file is found offline and verified
+  (:mod:`p2core.weights`); only a verified file gives ``comparable_to_inception: true``.
 * ``domain``: :class:`p2core.features.DomainFeatureExtractor`, a classifier trained on the dataset's labels
-  (embedded data). Its numbers are **not comparable to Inception FID**; the metrics JSON says so.
-
-Reference features are cached per (dataset content hash, extractor, weights hash) in ``cache_dir``.
+  (embedded data). Its numbers are **not comparable to Inception FID**; the JSON says so.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from p2core import provenance
+from p2core import provenance, scores
 from p2core.atomic import atomic_write
 from p2core.data import load_prepared
+from p2core.device import pick_device
 from p2core.errors import P2Error
-from p2core.features import DomainFeatureExtractor, file_sha256
+from p2core.features import DomainFeatureExtractor
+from p2core.progress import progress_bar
 from p2core.shards import SampleShards
+from p2core.weights import (
+    ALEXNET_URL,
+    DEFAULT_WEIGHTS_DIR,
+    INCEPTION_URL,
+    WeightsFile,
+    file_sha256,
+    verified_file,
+)
 
 INCEPTION = "inception-v3-compat"
 DOMAIN = "domain"
 EXTRACTORS = (INCEPTION, DOMAIN)
-INCEPTION_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
-)
-ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
-DEFAULT_WEIGHTS_DIR = Path("resources/weights")
+RESIZE = {
+    INCEPTION: "torch-fidelity: bilinear to 299x299 as TF 1.x resized (interpolate_bilinear_2d_like_tensorflow1x)",
+    DOMAIN: "bilinear with antialiasing to the classifier's resolution (none when equal)",
+}
 
 
 def _register_domain_extractor() -> None:
@@ -60,185 +75,206 @@ class UInt8Images(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = torch.from_numpy(np.ascontiguousarray(self.images[index])).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(self.images[index])).permute(2, 0, 1)  # a copy: memory maps are read-only
         return image.expand(3, -1, -1).contiguous() if self.rgb and image.shape[0] == 1 else image
 
 
-def weight_file(url: str, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Path:
-    """Local path of a downloadable weights file: ``weights_dir`` first, then the torch hub cache.
+def extractor_weights(
+    extractor: str,
+    domain_weights: str | Path | None = None,
+    weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+    allow_unverified: bool = False,
+) -> WeightsFile:
+    """The extractor's weights file, verified (:mod:`p2core.weights`) before anything opens it.
 
-    Raises :class:`P2Error` naming the file, its URL and where to put it when neither has it.
+    The domain network is this pipeline's own output: it is hashed and recorded, never "verified".
     """
-    name = url.rsplit("/", 1)[-1]
-    candidates = [Path(weights_dir) / name, Path(torch.hub.get_dir()) / "checkpoints" / name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise P2Error(
-        f"weights file {name} not found; download {url} into {Path(weights_dir).resolve()}/ "
-        f"(or run `p2core prefetch` on a machine with internet)"
-    )
-
-
-def prefetch(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> list[Path]:
-    """Download the Inception and AlexNet (LPIPS) weights into ``weights_dir``; returns their paths."""
-    weights_dir = Path(weights_dir)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for url in (INCEPTION_URL, ALEXNET_URL):
-        target = weights_dir / url.rsplit("/", 1)[-1]
-        if not target.is_file():
-            tmp = target.with_name(target.name + ".part")
-            torch.hub.download_url_to_file(url, str(tmp), progress=True)
-            os.replace(tmp, target)
-        paths.append(target)
-    return paths
-
-
-def resolve_extractor_weights(extractor: str, domain_weights: str | Path | None, weights_dir) -> Path:
     if extractor == INCEPTION:
-        return weight_file(INCEPTION_URL, weights_dir)
+        return verified_file(INCEPTION_URL, weights_dir, allow_unverified)
     if extractor == DOMAIN:
         if domain_weights is None or not Path(domain_weights).is_file():
             raise P2Error(f"domain feature network {domain_weights} not found; train it with `p2core train-features`")
-        return Path(domain_weights)
+        return WeightsFile(Path(domain_weights), file_sha256(domain_weights), verified=None)
     raise P2Error(f"unknown feature extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
 
 
-def check_kid_subset(kid_subset_size: int, n_generated: int, n_reference: int) -> None:
-    """KID draws subsets of ``kid_subset_size`` from both sets: it must not exceed either count."""
-    if kid_subset_size < 2:
-        raise P2Error(f"kid_subset_size must be >= 2, got {kid_subset_size}")
-    smaller = min(n_generated, n_reference)
-    if kid_subset_size > smaller:
-        raise P2Error(
-            f"kid_subset_size {kid_subset_size} exceeds the {smaller} images available "
-            f"({n_generated} generated, {n_reference} reference); lower it or draw more samples"
-        )
+@torch.inference_mode()
+def extract_features(
+    images: np.ndarray | SampleShards,
+    extractor: str,
+    weights: WeightsFile,
+    device: str = "auto",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Features of uint8 NHWC ``images`` (read batch by batch, never copied whole): float32 ``(N, D)``, the layer
+    torch-fidelity uses for FID (Inception: 2048-d pool; domain: 128-d)."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    device = pick_device(device)
+    cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
+    layer = cls.get_default_feature_layer_for_metric("fid")
+    network = cls(extractor, [layer], feature_extractor_weights_path=str(weights.path), verbose=False)
+    network = network.eval().requires_grad_(False).to(device)
+    loader = DataLoader(UInt8Images(images, rgb=extractor == INCEPTION), batch_size=batch_size, num_workers=0)
+    out = np.empty((len(images), 0), np.float32)
+    first = 0
+    for batch in progress_bar(loader, desc=f"{extractor} features", disable=not progress, unit="batch"):
+        features = network(batch.to(device))[0].float().cpu().numpy()
+        if out.shape[1] == 0:
+            out = np.empty((len(images), features.shape[1]), np.float32)
+        out[first : first + len(features)] = features
+        first += len(features)
+    return out
 
 
-def fid_kid(
-    generated: np.ndarray | SampleShards,
-    reference: np.ndarray,
+def _backend() -> str:
+    return f"torch-fidelity {metadata.version('torch-fidelity')}"
+
+
+def write_reference(
+    data_folder: str | Path,
+    out: str | Path,
     extractor: str = INCEPTION,
-    reference_name: str = "reference",
     domain_weights: str | Path | None = None,
     weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
-    kid_subset_size: int = 1000,
-    kid_subsets: int = 100,
-    cache_dir: str | Path | None = None,
+    allow_unverified: bool = False,
+    floor_size: int = 10_000,
+    kid_subset_size: int | None = None,
     device: str = "auto",
+    progress: bool = True,
 ) -> dict:
-    """FID and KID of uint8 NHWC ``generated`` images against ``reference`` images.
+    """Reference statistics of a prepared dataset: ``features`` (N, D) float32, ``mu``, ``sigma`` (float64) and
+    ``info`` (JSON: extractor, weights file, its SHA-256 and verification, dataset hash, the degenerate-feature check,
+    the noise floor of ``floor_size`` held-out real images against the rest) in the ``.npz`` ``out``; returns ``info``.
 
-    Both are read image by image (an array, a memory map, or the shards of a sample set), never copied whole.
-
-    Returns a JSON-ready dict: ``fid``, ``kid_mean``, ``kid_std``, ``extractor``, ``extractor_weights``,
-    ``extractor_weights_sha256``, ``n_generated``, ``n_reference``, ``kid_subset_size``, ``comparable_to_inception``.
-    With ``cache_dir`` the reference features are cached under ``reference_name`` + extractor + weights hash.
+    Raises :class:`P2Error` naming the extractor when its features are degenerate (nothing is written).
     """
-    import torch_fidelity
-
-    check_kid_subset(kid_subset_size, len(generated), len(reference))
-    if generated.shape[1:] != reference.shape[1:]:
-        raise P2Error(f"generated images are {generated.shape[1:]} but reference images {reference.shape[1:]}")
-    weights = resolve_extractor_weights(extractor, domain_weights, weights_dir)
-    weights_hash = file_sha256(weights)
-    cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    rgb = extractor == INCEPTION
-    options = dict(
-        input1=UInt8Images(generated, rgb),
-        input2=UInt8Images(reference, rgb),
-        cuda=cuda,
-        fid=True,
-        kid=True,
-        feature_extractor=extractor,
-        feature_extractor_weights_path=str(weights),
-        kid_subset_size=kid_subset_size,
-        kid_subsets=kid_subsets,
-        verbose=False,
-        batch_size=64,
-        save_cpu_ram=True,
-    )
-    if cache_dir is not None:
-        options.update(cache=True, cache_root=str(cache_dir), input2_cache_name=f"{reference_name}-{weights_hash[:12]}")
-    else:
-        options.update(cache=False)
-    result = torch_fidelity.calculate_metrics(**options)
-    return {
-        "fid": float(result["frechet_inception_distance"]),
-        "kid_mean": float(result["kernel_inception_distance_mean"]),
-        "kid_std": float(result["kernel_inception_distance_std"]),
+    data = load_prepared(data_folder)
+    weights = extractor_weights(extractor, domain_weights, weights_dir, allow_unverified)
+    features = extract_features(data.images, extractor, weights, device, progress=progress)
+    spread = scores.check_not_degenerate(features, f"feature extractor {extractor} ({weights.path})")
+    mu, sigma = scores.statistics(features)
+    info = {
+        "backend": _backend(),
         "extractor": extractor,
-        "extractor_weights": str(weights),
-        "extractor_weights_sha256": weights_hash,
-        "n_generated": int(len(generated)),
-        "n_reference": int(len(reference)),
-        "kid_subset_size": int(kid_subset_size),
-        "comparable_to_inception": extractor == INCEPTION,
+        "extractor_weights": str(weights.path),
+        "extractor_weights_sha256": weights.sha256,
+        "weights_verified": weights.verified,
+        "resize": RESIZE[extractor],
+        "dataset": str(data_folder),
+        "dataset_sha256": data.meta["sha256"],
+        "n_reference": int(len(features)),
+        "image_shape": list(data.images.shape[1:]),
+        "feature_spread": spread,
+        "noise_floor": scores.noise_floor(features, floor_size, kid_subset_size),
+        "provenance": provenance.record(pick_device(device)),
     }
+    blob = np.array(json.dumps(info))
+    atomic_write(out, lambda handle: np.savez(handle, features=features, mu=mu, sigma=sigma, info=blob))
+    return info
 
 
-def lpips_model(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, net: str = "alex"):
-    """``lpips.LPIPS`` (AlexNet) with its backbone loaded from a local file; no download at run time.
+def read_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(features, mu, sigma, info)`` of a :func:`write_reference` file; a missing or foreign file is one error."""
+    try:
+        with np.load(path) as content:
+            return content["features"], content["mu"], content["sigma"], json.loads(str(content["info"]))
+    except (OSError, KeyError, ValueError) as error:
+        raise P2Error(
+            f"{path} is not a reference statistics file ({error}); rebuild it with `p2core reference`"
+        ) from None
+
+
+def evaluate_samples(
+    shard_paths: list[str | Path],
+    reference: str | Path,
+    out: str | Path,
+    kid_subset_size: int | None = None,
+    bootstrap: int = 100,
+    device: str = "auto",
+    tags: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """FID/KID of a sample set (its shard files) against reference statistics (:func:`write_reference`); writes the
+    metrics JSON to ``out`` and returns it.
+
+    The extractor and its weights file are the reference file's: the file is hashed again and must be unchanged.
+    ``kid_subset_size`` None means ``min(1000, smaller set)``. ``bootstrap`` resamples of the generated set give
+    ``fid_bootstrap`` (every resample's FID, for intervals of differences) and its 2.5/97.5 percentiles; 0 skips it.
+    """
+    ref_features, ref_mu, ref_sigma, info = read_reference(reference)
+    extractor = info["extractor"]
+    weights = Path(info["extractor_weights"])
+    digest = file_sha256(weights) if weights.is_file() else "missing"
+    if digest != info["extractor_weights_sha256"]:
+        raise P2Error(
+            f"{weights} is missing or changed since {reference} was computed (SHA-256 {digest[:12]} vs "
+            f"{info['extractor_weights_sha256'][:12]}); rebuild the reference statistics"
+        )
+    checked = WeightsFile(weights, digest, info["weights_verified"])
+    generated = SampleShards(shard_paths)
+    if list(generated.shape[1:]) != info["image_shape"]:
+        raise P2Error(f"generated images are {generated.shape[1:]} but {reference} holds {info['image_shape']} images")
+    subset = scores.kid_subset_size(kid_subset_size, len(generated), len(ref_features))
+    features = extract_features(generated, extractor, checked, device, progress=progress)
+    kid_mean, kid_std = scores.kid(features, ref_features, subset)
+    result = {
+        "fid": scores.frechet_distance(*scores.statistics(features), ref_mu, ref_sigma),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        **{k: info[k] for k in ("backend", "extractor", "extractor_weights", "extractor_weights_sha256")},
+        "weights_verified": checked.verified,
+        "comparable_to_inception": extractor == INCEPTION and checked.verified,
+        "resize": info["resize"],
+        "n_generated": int(len(generated)),
+        "n_reference": int(len(ref_features)),
+        "kid_subset_size": int(subset),
+        "kid_subsets": scores.KID_SUBSETS,
+        "noise_floor": info["noise_floor"],
+        "reference": str(reference),
+        "bootstrap_resamples": int(bootstrap),
+    }
+    if bootstrap:
+        replicates = scores.bootstrap_fid(features, scores.FixedReference(ref_mu, ref_sigma), bootstrap)
+        result.update(
+            fid_bootstrap_low95=float(np.percentile(replicates, 2.5)),
+            fid_bootstrap_high95=float(np.percentile(replicates, 97.5)),
+            fid_bootstrap=[round(float(v), 6) for v in replicates],
+        )
+    result.update(
+        samples=[str(p) for p in shard_paths],
+        dataset_sha256=info["dataset_sha256"],
+        tags=tags or {},
+        provenance=provenance.record(pick_device(device)),
+    )
+    write_json(out, result)
+    return result
+
+
+def lpips_model(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, net: str = "alex", allow_unverified: bool = False):
+    """``(lpips.LPIPS, verified)``: AlexNet LPIPS with its backbone loaded from a local file checked by
+    :mod:`p2core.weights` (``verified`` False only with ``allow_unverified``); no download at run time.
 
     The learned linear layers ship inside the ``lpips`` package; the AlexNet backbone comes from ``weights_dir``
-    or the torch hub cache (:func:`weight_file`).
+    or the torch hub cache (:mod:`p2core.weights`).
     """
     import lpips
     import torchvision
 
     if net != "alex":
         raise P2Error(f"only the AlexNet LPIPS backbone is supported offline, got {net!r}")
-    backbone_path = weight_file(ALEXNET_URL, weights_dir)
+    backbone = verified_file(ALEXNET_URL, weights_dir, allow_unverified)
     model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     alexnet = torchvision.models.alexnet()
-    alexnet.load_state_dict(torch.load(backbone_path, map_location="cpu", weights_only=True))
+    alexnet.load_state_dict(torch.load(backbone.path, map_location="cpu", weights_only=True))
     features = alexnet.features
     for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
         for name, layer in slice_.named_children():
             layer.load_state_dict(features[int(name)].state_dict())
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False), backbone.verified
 
 
 def write_json(path: str | Path, content: dict) -> None:
     """Write a JSON file atomically."""
     atomic_write(path, lambda handle: handle.write((json.dumps(content, indent=2) + "\n").encode()))
-
-
-def evaluate_samples(
-    shard_paths: list[str | Path],
-    data_folder: str | Path,
-    out: str | Path,
-    extractor: str = INCEPTION,
-    domain_weights: str | Path | None = None,
-    weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
-    kid_subset_size: int = 1000,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    tags: dict | None = None,
-) -> dict:
-    """FID/KID (:func:`fid_kid`) of a sample set, read from its shard files, against a prepared dataset; writes the
-    metrics JSON to ``out`` with the shard list, the dataset hash and ``tags`` (what the tables group by)."""
-    data = load_prepared(data_folder)
-    reference_name = f"{data.meta.get('name', 'data')}-{data.meta['sha256'][:12]}"
-    result = fid_kid(
-        SampleShards(shard_paths),
-        data.images,
-        extractor,
-        reference_name=reference_name,
-        domain_weights=domain_weights,
-        weights_dir=weights_dir,
-        kid_subset_size=kid_subset_size,
-        cache_dir=cache_dir,
-        device=device,
-    )
-    used = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    result.update(
-        samples=[str(p) for p in shard_paths],
-        dataset_sha256=data.meta["sha256"],
-        tags=tags or {},
-        provenance=provenance.record(used),
-    )
-    write_json(out, result)
-    return result

@@ -17,16 +17,25 @@ LITERATURE_COLUMNS = ("model", "dataset", "fid", "source")
 
 
 def collect(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per metrics JSON: its tags (dataset, objective, arch, seed, checkpoint, sampler, ...) and values."""
+    """One row per metrics JSON: its tags (dataset, objective, arch, seed, checkpoint, sampler, ...) and values
+    (the noise floor flattened to ``noise_floor_fid``, ``noise_floor_kid_mean``, ...)."""
     rows = []
     for path in paths:
         content = json.loads(Path(path).read_text())
-        rows.append({**content.get("tags", {}), **{k: v for k, v in content.items() if k != "tags"}})
+        floor = content.get("noise_floor") or {}
+        rows.append(
+            {
+                **content.get("tags", {}),
+                **{k: v for k, v in content.items() if k not in ("tags", "noise_floor")},
+                **{f"noise_floor_{k}": v for k, v in floor.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """FID and KID mean, std over seeds, the seed count and the provenance columns, per group."""
+    """FID and KID mean, std over seeds, the seed count, the real-vs-real noise floor and how the numbers were computed
+    (extractor, backend, weights verified, comparable to Inception FID), per group."""
     grouped = table.groupby(by, sort=False)
     out = grouped.agg(
         fid_mean=("fid", "mean"),
@@ -38,6 +47,9 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         n_generated=("n_generated", "first"),
         n_reference=("n_reference", "first"),
     ).reset_index()
+    for column in ("noise_floor_fid", "backend", "weights_verified", "comparable_to_inception"):
+        if column in table:
+            out[column] = grouped[column].first().values
     for column in ("training_steps", "sampler"):
         if column in table:
             out[column] = grouped[column].first().values
@@ -82,9 +94,11 @@ def fid_during_training(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def table2(ours: pd.DataFrame, literature: pd.DataFrame | None) -> pd.DataFrame:
-    """Table 2: our FID beside published numbers the user supplied (``model, dataset, fid, source``)."""
+    """Table 2: our FID beside published numbers the user supplied (``model, dataset, fid, source``); our rows say
+    how they were computed (extractor, backend, ``comparable_to_inception``: verified Inception weights)."""
     mine = ours.assign(model=lambda d: "ours: " + d["objective"], fid=ours["fid_mean"], source="this pipeline")
-    mine = mine[["model", "dataset", "fid", "fid_std", "extractor", "source"]]
+    how = [c for c in ("extractor", "backend", "comparable_to_inception") if c in mine]
+    mine = mine[["model", "dataset", "fid", "fid_std", *how, "source"]]
     if literature is None or literature.empty:
         return mine.reset_index(drop=True)
     missing = set(LITERATURE_COLUMNS) - set(literature.columns)
@@ -112,10 +126,25 @@ def welch_interval(values: np.ndarray, reference: np.ndarray, level: float = 0.9
     return difference, difference - half, difference + half
 
 
+def bootstrap_interval(mine: pd.DataFrame, base: pd.DataFrame, level: float = 0.95):
+    """FID difference (one metrics row per side) and its percentile interval over the paired bootstrap replicates
+    (``fid_bootstrap``: the same resampled image numbers on both sides, whose images share their noise); None when
+    either row has no replicates or they differ in count."""
+    if len(mine) != 1 or len(base) != 1 or "fid_bootstrap" not in mine or "fid_bootstrap" not in base:
+        return None
+    a, b = mine.iloc[0]["fid_bootstrap"], base.iloc[0]["fid_bootstrap"]
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b) or len(a) < 2:
+        return None
+    replicates = np.asarray(a) - np.asarray(b)
+    tail = 100 * (1 - level) / 2
+    difference = float(mine.iloc[0]["fid"] - base.iloc[0]["fid"])
+    return difference, float(np.percentile(replicates, tail)), float(np.percentile(replicates, 100 - tail))
+
+
 def _with_difference(table: pd.DataFrame, metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Add, per row, the difference to the ``baseline`` row with the same ``keys`` (negative = lower than baseline)
-    for FID and KID, with a 95% Welch t interval over seeds and the method in ``interval`` (no interval, and the
-    reason, with fewer than two seeds on either side)."""
+    for FID and KID, with its 95% interval and the method in ``interval``: Welch t over seeds with two or more seeds
+    on each side; with one, a paired bootstrap over samples for FID (:func:`bootstrap_interval`) and none for KID."""
     if "baseline" not in set(table["objective"]):
         return table
     groups = {name: rows for name, rows in metrics.groupby([*keys, "objective"], sort=False)}
@@ -137,8 +166,17 @@ def _with_difference(table: pd.DataFrame, metrics: pd.DataFrame, keys: list[str]
         if row["objective"] == "baseline" or base is None:
             method, results = "reference" if base is not None else "no baseline", [(np.nan,) * 3] * 2
         elif min(len(mine), len(base)) < 2:
-            method = f"none: {len(mine)} vs {len(base)} seeds (an interval needs 2 or more on each side)"
-            results = [(mine[m].mean() - base[m].mean(), np.nan, np.nan) for m in ("fid", "kid_mean")]
+            kid = (mine["kid_mean"].mean() - base["kid_mean"].mean(), np.nan, np.nan)
+            fid = bootstrap_interval(mine, base)
+            if fid is None:
+                method = f"none: {len(mine)} vs {len(base)} seeds (an interval needs 2 or more on each side)"
+                fid = (mine["fid"].mean() - base["fid"].mean(), np.nan, np.nan)
+            else:
+                method = (
+                    f"FID: 95% paired bootstrap over samples ({len(mine.iloc[0]['fid_bootstrap'])} resamples, "
+                    "one seed per side); KID: none"
+                )
+            results = [fid, kid]
         else:
             method = f"95% Welch t over seeds ({len(mine)} vs {len(base)})"
             results = [welch_interval(mine[m].to_numpy(), base[m].to_numpy()) for m in ("fid", "kid_mean")]

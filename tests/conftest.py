@@ -32,6 +32,29 @@ def digits8(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def inception_standin(tmp_path_factory):
+    """A weights folder holding a stand-in for torch-fidelity's Inception file: the real architecture with random
+    weights, He-scaled so that features vary from image to image (never downloaded; not the official file)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from p2core.weights import INCEPTION_URL, file_name
+
+    class Blank(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True):  # keep the fresh initialisation
+            return None
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save({}, folder / "empty.pt")
+    torch.manual_seed(0)
+    network = Blank("standin", ["2048"], feature_extractor_weights_path=str(folder / "empty.pt"))
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(network.state_dict(), folder / file_name(INCEPTION_URL))
+    return folder
+
+
 def tiny_spec(**overrides) -> dict:
     spec = {
         "model": dict(TINY_MODEL),

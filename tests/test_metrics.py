@@ -1,14 +1,26 @@
 import json
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from p2core.data import digits
+from p2core import scores
+from p2core.checkpoint import save_checkpoint
+from p2core.cli import main
+from p2core.data import array_sha256, digits, load_prepared
 from p2core.errors import P2Error
-from p2core.features import DomainFeatureExtractor, domain_distance, load_domain_classifier, train_domain_classifier
-from p2core.metrics import check_kid_subset, fid_kid, lpips_model, weight_file
+from p2core.features import (
+    DomainClassifier,
+    DomainFeatureExtractor,
+    domain_distance,
+    load_domain_classifier,
+    train_domain_classifier,
+)
+from p2core.metrics import evaluate_samples, lpips_model, write_reference
+from p2core.shards import save_shard
+from p2core.weights import LOCK_FILE, file_sha256, locate, prefetch, verify
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +31,27 @@ def domain(tmp_path_factory):
     return images, path, result
 
 
+@pytest.fixture(scope="module")
+def reference(domain, digits8, tmp_path_factory):
+    """Domain-feature reference statistics of the 8 px digits, noise floor at 300 held-out images."""
+    _, path, _ = domain
+    out = tmp_path_factory.mktemp("reference") / "domain.npz"
+    info = write_reference(digits8, out, "domain", domain_weights=path, floor_size=300, progress=False)
+    return out, info
+
+
 def noisy(images, sigma, seed=0):
     noise = np.random.default_rng(seed).normal(0, sigma, images.shape)
     return np.clip(images.astype(float) + noise, 0, 255).astype(np.uint8)
+
+
+def evaluate_images(images, reference_path, folder, name, **options):
+    """Evaluate uint8 images (written as two shards) against a reference file; the metrics dict."""
+    half = len(images) // 2
+    shards = [folder / f"{name}0.npz", folder / f"{name}1.npz"]
+    save_shard(shards[0], images[:half], 0)
+    save_shard(shards[1], images[half:], half)
+    return evaluate_samples(shards, reference_path, folder / f"{name}.json", progress=False, **options)
 
 
 def test_domain_classifier_learns_digits(domain):
@@ -35,74 +65,212 @@ def test_extractor_is_registered_with_torch_fidelity():
     assert FEATURE_EXTRACTORS_REGISTRY["domain"] is DomainFeatureExtractor
 
 
-def test_fid_self_is_zero_and_grows_with_noise(domain, tmp_path):
-    images, path, _ = domain
-    half = images[:800]
+def test_fid_self_is_zero_and_grows_with_noise(domain, reference, tmp_path):
+    images = domain[0]
     results = [
-        fid_kid(
-            noisy(half, s) if s else half, half, "domain", domain_weights=path, kid_subset_size=200, cache_dir=tmp_path
-        )
+        evaluate_images(noisy(images, s) if s else images.copy(), reference[0], tmp_path, f"n{s}", bootstrap=0)
         for s in (0, 20, 40, 80)
     ]
     fids = [r["fid"] for r in results]
-    assert abs(fids[0]) < 1e-6 and abs(results[0]["kid_mean"]) < results[0]["kid_std"]  # KID is unbiased, not 0
-    assert fids == sorted(fids) and fids[-1] > 2 * fids[1]
+    assert abs(fids[0]) < 1e-6
     kids = [r["kid_mean"] for r in results]
+    assert abs(kids[0]) < kids[-1] / 10  # not exactly 0: KID's subsets of one set overlap
+    assert fids == sorted(fids) and fids[-1] > 2 * fids[1]
     assert kids[-1] > kids[1]
-    assert any(p.name.startswith("reference") for p in tmp_path.iterdir())  # reference features cached
 
 
-def test_metrics_record_their_provenance(domain):
+def test_numbers_equal_torch_fidelity_on_the_same_features(domain, reference, tmp_path):
+    import torch_fidelity
+
+    from p2core.metrics import UInt8Images
+
     images, path, _ = domain
-    result = fid_kid(images[:300], images[300:700], "domain", domain_weights=path, kid_subset_size=100)
-    assert set(result) >= {
-        "fid",
-        "kid_mean",
-        "kid_std",
-        "extractor",
-        "extractor_weights_sha256",
-        "n_generated",
-        "n_reference",
-        "kid_subset_size",
-        "comparable_to_inception",
-    }
-    assert result["n_generated"] == 300 and result["n_reference"] == 400 and not result["comparable_to_inception"]
-    json.dumps(result)
+    generated = noisy(images[:300], 30)
+    ours = evaluate_images(generated, reference[0], tmp_path, "g", kid_subset_size=100, bootstrap=0)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(generated, rgb=False),
+        input2=UInt8Images(images, rgb=False),
+        cuda=False,
+        fid=True,
+        kid=True,
+        feature_extractor="domain",
+        feature_extractor_weights_path=str(path),
+        kid_subset_size=100,
+        verbose=False,
+        cache=False,
+    )
+    assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-5)
+    assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4, abs=1e-7)
 
 
-def test_kid_subset_validated_before_anything_runs():
-    check_kid_subset(100, 100, 5000)
+def test_metrics_json_says_how_every_number_was_computed(domain, reference, tmp_path):
+    images = domain[0]
+    result = evaluate_images(noisy(images[:300], 30), reference[0], tmp_path, "g", bootstrap=20)
+    content = json.loads((tmp_path / "g.json").read_text())
+    assert content == json.loads(json.dumps(result))
+    assert {"fid", "kid_mean", "kid_std", "backend", "extractor", "extractor_weights_sha256", "resize"} <= set(content)
+    assert content["backend"].startswith("torch-fidelity ") and content["extractor"] == "domain"
+    assert content["weights_verified"] is None and content["comparable_to_inception"] is False
+    assert content["n_generated"] == 300 and content["n_reference"] == 1797
+    assert content["kid_subset_size"] == 300  # auto: min(1000, smaller set)
+    floor = content["noise_floor"]
+    assert floor["n_held_out"] == 300 and floor["n_rest"] == 1497 and 0 < floor["fid"] < content["fid"]
+    assert len(content["fid_bootstrap"]) == 20 and content["fid_bootstrap_low95"] < content["fid_bootstrap_high95"]
+    assert content["provenance"]["step"] and content["dataset_sha256"] == reference[1]["dataset_sha256"]
+
+
+def test_fixed_reference_fid_equals_the_closed_form(rng):
+    a, b = rng.normal(size=(400, 16)), rng.normal(0.3, 1.5, size=(300, 16)) @ rng.normal(size=(16, 16))
+    mu_a, sigma_a = scores.statistics(a)
+    expected = scores.frechet_distance(*scores.statistics(b), mu_a, sigma_a)
+    assert scores.FixedReference(mu_a, sigma_a).fid(b) == pytest.approx(expected, rel=1e-8)
+    # FID of two Gaussians with equal covariance is the squared distance of the means
+    assert scores.frechet_distance(np.ones(3), np.eye(3), np.zeros(3), np.eye(3)) == pytest.approx(3.0)
+
+
+def test_bootstrap_spread_shrinks_with_more_samples(rng):
+    reference = scores.FixedReference(np.zeros(8), np.eye(8))
+    widths = []
+    for n in (100, 1600):
+        replicates = scores.bootstrap_fid(rng.normal(size=(n, 8)), reference, 50)
+        widths.append(np.percentile(replicates, 97.5) - np.percentile(replicates, 2.5))
+    assert widths[1] < widths[0] / 2  # about 1/sqrt(16)
+
+
+def test_degenerate_features_stop_the_evaluation(digits8, tmp_path):
+    classifier = DomainClassifier(1, 8, 10)
+    for parameter in classifier.parameters():
+        torch.nn.init.zeros_(parameter)  # every image gives the same (zero) features
+    dead = tmp_path / "dead.pt"
+    save_checkpoint(
+        dead,
+        "domain-classifier",
+        state_dict=classifier.state_dict(),
+        config=dict(in_channels=1, resolution=8, num_classes=10),
+        heldout_accuracy=0.1,
+        heldout_count=1,
+    )
+    with pytest.raises(P2Error, match="feature extractor domain .*near-constant features"):
+        write_reference(digits8, tmp_path / "ref.npz", "domain", domain_weights=dead, progress=False)
+    assert not (tmp_path / "ref.npz").exists()
+    assert scores.check_not_degenerate(np.random.default_rng(0).normal(size=(50, 4)), "x")["total_variance"] > 1
+
+
+def test_kid_subset_defaults_to_the_smaller_set_up_to_1000():
+    assert scores.kid_subset_size(None, 300, 1797) == 300
+    assert scores.kid_subset_size(None, 10_000, 1336) == 1000
+    assert scores.kid_subset_size(100, 100, 5000) == 100
     with pytest.raises(P2Error, match="kid_subset_size 1000 exceeds the 500 images"):
-        check_kid_subset(1000, 500, 5000)
-    with pytest.raises(P2Error, match="kid_subset_size"):
-        fid_kid(np.zeros((10, 8, 8, 1), np.uint8), np.zeros((10, 8, 8, 1), np.uint8), "domain", kid_subset_size=50)
+        scores.kid_subset_size(1000, 500, 5000)
 
 
-def test_missing_offline_weights_name_file_url_and_place(tmp_path, monkeypatch):
+# ------------------------------------------------------------------------------------------------ weight files
+def test_missing_offline_weights_name_file_url_and_place(tmp_path, monkeypatch, digits8):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(P2Error, match=r"weights-inception-2015-12-05-6726825d.pth not found; download https://.*into"):
-        fid_kid(
-            np.zeros((10, 8, 8, 3), np.uint8),
-            np.zeros((10, 8, 8, 3), np.uint8),
-            kid_subset_size=5,
-            weights_dir=tmp_path,
-        )
+        write_reference(digits8, tmp_path / "ref.npz", weights_dir=tmp_path, progress=False)
     with pytest.raises(P2Error, match="alexnet-owt-7be5be79.pth not found"):
         lpips_model(tmp_path)
-    (tmp_path / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
-    assert weight_file("https://host/alexnet-owt-7be5be79.pth", tmp_path) == tmp_path / "alexnet-owt-7be5be79.pth"
 
 
-def test_lpips_with_a_local_backbone_file(tmp_path, monkeypatch):
+class _Trap:
+    """Unpickling this writes a marker file: it shows whether a file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_tampered_weights_file_is_refused_before_it_is_unpickled(tmp_path, monkeypatch, digits8):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    marker = tmp_path / "unpickled"
+    with open(tmp_path / "weights-inception-2015-12-05-6726825d.pth", "wb") as handle:
+        pickle.dump(_Trap(str(marker)), handle)
+    with pytest.raises(P2Error, match="is not the official file: SHA-256 .* does not match the expected 6726825d"):
+        write_reference(digits8, tmp_path / "ref.npz", weights_dir=tmp_path, progress=False)
+    assert not marker.exists()
+    assert main(["reference", "--data", str(digits8), "--weights-dir", str(tmp_path), "--out", "x.npz"]) == 2
+
+
+def test_weights_verified_by_name_prefix_or_lock_file(tmp_path, monkeypatch):
+    payload = tmp_path / "payload"
+    payload.write_bytes(b"official bytes")
+    digest = file_sha256(payload)
+    named = tmp_path / f"net-{digest[:8]}.pth"
+    named.write_bytes(b"official bytes")
+    assert verify(named, tmp_path).verified
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(b"official bytes")
+    with pytest.raises(P2Error, match="cannot verify .*plain.pt: no published hash"):
+        verify(plain, tmp_path)
+    assert verify(plain, tmp_path, allow_unverified=True).verified is False
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"plain.pt": digest}))
+    assert verify(plain, tmp_path).verified
+
+    # prefetch: checks downloads against the name's hash and records the digest of files without one
+    def fake_download(url, dst, progress=True):
+        if "good" in url:
+            payload.replace(dst)
+        else:
+            open(dst, "wb").write(b"corrupt")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    store = tmp_path / "store"
+    payload.write_bytes(b"official bytes")
+    prefetch(store, (f"https://host/good-{digest[:8]}.pth",))
+    with pytest.raises(P2Error, match="download of https://host/bad-.*expected"):
+        prefetch(store, (f"https://host/bad-{digest[:8]}.pth",))
+    assert sorted(p.name for p in store.iterdir()) == [f"good-{digest[:8]}.pth"]
+    payload.write_bytes(b"official bytes")
+    prefetch(store, ("https://host/good-unhashed.pt",))
+    assert json.loads((store / LOCK_FILE).read_text()) == {"good-unhashed.pt": digest}
+    assert locate("https://host/good-unhashed.pt", store) == store / "good-unhashed.pt"
+
+
+def test_lpips_with_a_local_backbone_file(tmp_path):
     import torchvision
 
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "alexnet-owt-7be5be79.pth")  # random weights
-    model = lpips_model(tmp_path)
+    with pytest.raises(P2Error, match="not the official file"):
+        lpips_model(tmp_path)
+    model, verified = lpips_model(tmp_path, allow_unverified=True)
+    assert verified is False
     first = model.net.slice1[0].weight
     assert torch.equal(first, torch.load(tmp_path / "alexnet-owt-7be5be79.pth")["features.0.weight"])
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert model(x, x).abs().max() < 1e-6 and (model(x, x.flip(0)) > 0).all()
+
+
+# ------------------------------------------------------------------------------- Inception, end to end (stand-in)
+def test_inception_path_end_to_end_with_a_stand_in(inception_standin, digits8, tmp_path):
+    """The real Inception architecture with random (He-scaled) weights: FID of a set against itself ~0 and growing with
+    noise, through the command line; results say the weights are unverified and not comparable."""
+    subset = tmp_path / "data"
+    subset.mkdir()
+    images = np.array(load_prepared(digits8).images[:32])
+    np.save(subset / "images.npy", images)
+    meta = {"name": "digits32", "count": 32, "sha256": array_sha256(images), "labelled": False}
+    (subset / "meta.json").write_text(json.dumps(meta))
+    ref = tmp_path / "ref.npz"
+    args = ["reference", "--data", str(subset), "--weights-dir", str(inception_standin), "--floor-size", "12"]
+    assert main([*args, "--out", str(ref)]) == 2  # a stand-in is not the official file
+    assert main([*args, "--allow-unverified-weights", "--no-progress", "--out", str(ref)]) == 0
+    results = []
+    for sigma in (0, 30, 90):
+        shard = tmp_path / f"s{sigma}.npz"
+        save_shard(shard, noisy(images[:12], sigma, seed=1) if sigma else images[:12].copy(), 0)
+        out = tmp_path / f"m{sigma}.json"
+        command = ["evaluate", "--samples", str(shard), "--reference", str(ref), "--out", str(out)]
+        assert main([*command, "--bootstrap", "2" if sigma == 0 else "0", "--no-progress"]) == 0
+        results.append(json.loads(out.read_text()))
+    fids = [r["fid"] for r in results]
+    assert fids[0] < fids[1] < fids[2] and results[2]["kid_mean"] > results[1]["kid_mean"]
+    assert all(r["weights_verified"] is False and r["comparable_to_inception"] is False for r in results)
+    assert results[0]["extractor"] == "inception-v3-compat" and results[0]["kid_subset_size"] == 12
+    assert results[0]["noise_floor"]["fid"] > 0 and len(results[0]["fid_bootstrap"]) == 2
 
 
 def test_domain_distance_is_zero_for_identical_and_larger_for_noisier(domain):

@@ -52,3 +52,17 @@ def test_tables_carry_the_difference_with_its_interval_and_claims_get_verdicts()
     }
     text = summary_markdown(claims({"table1": table}))
     assert text.startswith("# What this run shows") and "**supported**: p2 lowers FID vs baseline (d)" in text
+
+
+def test_one_seed_per_side_gets_a_paired_bootstrap_interval_over_samples():
+    frame = metrics([("d", "b", "B", "baseline", 0, 5.0, 0.1), ("d", "b", "B", "p2", 0, 4.0, 0.2)])
+    base_replicates = [5.0 + 0.1 * i for i in range(40)]
+    # P2 replicates minus baseline ones alternate -1.5 and -0.5
+    p2_replicates = [b - 1.0 + (0.5 if i % 2 else -0.5) for i, b in enumerate(base_replicates)]
+    frame["fid_bootstrap"] = [base_replicates, p2_replicates]
+    row = table3(frame).set_index("objective").loc["p2"]
+    assert (row["fid_diff"], row["fid_diff_low95"], row["fid_diff_high95"]) == (-1.0, -1.5, -0.5)
+    assert row["interval"] == "FID: 95% paired bootstrap over samples (40 resamples, one seed per side); KID: none"
+    assert np.isnan(row["kid_diff_low95"])
+    verdicts = claims({"table3": table3(frame)}).set_index("claim")["verdict"]
+    assert verdicts["p2 lowers FID vs baseline (B)"] == "supported"

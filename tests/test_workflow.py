@@ -1,5 +1,6 @@
 """The Snakemake DAG end to end on the tiny config, its rerun semantics, config errors, lint and the paper DAG."""
 
+import json
 import re
 from pathlib import Path
 
@@ -42,6 +43,15 @@ def test_tiny_dag_builds_every_artifact(built):
     assert len((built / "results/table3.csv").read_text().splitlines()) == 1 + 5 * 2
     assert (built / "logs/train/digits/p2/a/seed0.log").is_file()
     assert (built / "benchmarks/jobs/train/digits/p2/a/seed0.tsv").is_file()
+
+
+def test_reference_statistics_are_computed_once_for_every_evaluation(built):
+    """One reference job per dataset; all evaluations (here 30 sample sets) read that one file."""
+    assert [p.name for p in (built / "logs/reference").rglob("*.log")] == ["domain.log"]
+    evaluations = [json.loads(p.read_text()) for p in (built / "results/metrics").rglob("*.json")]
+    assert len(evaluations) > 10
+    assert {e["reference"] for e in evaluations} == {"results/reference/digits/domain.npz"}
+    assert all(e["noise_floor"]["n_held_out"] == 24 and len(e["fid_bootstrap"]) == 100 for e in evaluations)
 
 
 def test_report_holds_every_artifact(built):

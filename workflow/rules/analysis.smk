@@ -19,10 +19,12 @@ rule distance_vs_snr:
         points=section("figure1")["points"],
         pairs=section("figure1")["pairs"],
         weights_dir=config["weights_dir"],
+        unverified="--allow-unverified-weights" if config["evaluation"]["allow_unverified_weights"] else "",
         code=CODE["distance-vs-snr"],
     shell:
         "python -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
-        " --weights-dir {params.weights_dir} --schedule {params.schedule} --num-timesteps {params.num_timesteps}"
+        " --weights-dir {params.weights_dir} {params.unverified} --schedule {params.schedule}"
+        " --num-timesteps {params.num_timesteps}"
         " --points {params.points} --pairs {params.pairs} --out {output} > {log} 2>&1"
 
 

@@ -92,7 +92,7 @@ def validate_config(cfg):
                     f"of dataset {name}, arch {arch}"
                 )
     kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
-    if kid > samples:
+    if kid != "auto" and kid > samples:
         config_error(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
 
 
@@ -170,6 +170,7 @@ CODE = {
         "train",
         "sample",
         "grid",
+        "reference",
         "evaluate",
         "distance-vs-snr",
         "reconstruct",
@@ -375,6 +376,11 @@ def tags(wildcards):
 
 
 # ------------------------------------------------------------------------------------- rule input helpers
+def reference_stats(wildcards):
+    """The reference statistics file an evaluation of this dataset uses (one per dataset and extractor)."""
+    return f"results/reference/{wildcards.dataset}/{dataset_cfg(wildcards.dataset)['extractor']}.npz"
+
+
 def domain_weights(wildcards):
     if dataset_cfg(wildcards.dataset)["extractor"] == "domain":
         return f"results/features/{wildcards.dataset}/domain.pt"

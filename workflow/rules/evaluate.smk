@@ -1,10 +1,37 @@
-rule evaluate:
-    """FID and KID of one sample set (read from its shards) against the prepared real images (extractor from the
-    dataset's config)."""
+rule reference:
+    """Reference statistics of a dataset for its extractor (features, mean, covariance, noise floor): computed once,
+    used by every evaluation of that dataset."""
     input:
-        samples=lambda w: sample_shards(w.dataset, w.objective, w.arch, w.seed, w.ckpt, w.sampler),
         data="results/data/{dataset}/meta.json",
         domain=domain_weights,
+    output:
+        "results/reference/{dataset}/{extractor}.npz",
+    log:
+        "logs/reference/{dataset}/{extractor}.log",
+    benchmark:
+        "benchmarks/jobs/reference/{dataset}/{extractor}.tsv"
+    conda:
+        "../envs/p2.yaml"
+    threads: config["evaluation"]["threads"]
+    params:
+        domain=lambda w, input: f"--domain-weights {input.domain}" if input.domain else "",
+        unverified="--allow-unverified-weights" if config["evaluation"]["allow_unverified_weights"] else "",
+        floor=config["sampling"]["num_samples"],
+        kid=config["evaluation"]["kid_subset_size"],
+        weights_dir=config["weights_dir"],
+        code=CODE["reference"],
+    shell:
+        "python -m p2core reference --data results/data/{wildcards.dataset} --extractor {wildcards.extractor}"
+        " {params.domain} --weights-dir {params.weights_dir} {params.unverified} --floor-size {params.floor}"
+        " --kid-subset-size {params.kid} --threads {threads} --no-progress --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    """FID and KID of one sample set (read from its shards) against its dataset's reference statistics, with a
+    bootstrap interval over samples."""
+    input:
+        samples=lambda w: sample_shards(w.dataset, w.objective, w.arch, w.seed, w.ckpt, w.sampler),
+        reference=reference_stats,
     output:
         "results/metrics/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.json",
     log:
@@ -13,14 +40,13 @@ rule evaluate:
         "benchmarks/jobs/evaluate/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.tsv"
     conda:
         "../envs/p2.yaml"
+    threads: config["evaluation"]["threads"]
     params:
-        extractor=lambda w: dataset_cfg(w.dataset)["extractor"],
-        domain=lambda w, input: f"--domain-weights {input.domain}" if input.domain else "",
         kid=config["evaluation"]["kid_subset_size"],
-        weights_dir=config["weights_dir"],
+        bootstrap=config["evaluation"]["bootstrap"],
         tags=tags,
         code=CODE["evaluate"],
     shell:
-        "python -m p2core evaluate --samples {input.samples} --data results/data/{wildcards.dataset}"
-        " --extractor {params.extractor} {params.domain} --weights-dir {params.weights_dir}"
-        " --kid-subset-size {params.kid} --cache-dir results/metrics/cache {params.tags} --out {output} > {log} 2>&1"
+        "python -m p2core evaluate --samples {input.samples} --reference {input.reference}"
+        " --kid-subset-size {params.kid} --bootstrap {params.bootstrap} --threads {threads} --no-progress {params.tags}"
+        " --out {output} > {log} 2>&1"

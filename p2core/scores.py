@@ -1,0 +1,132 @@
+"""FID and KID from feature arrays, with the checks and uncertainty a reader needs to trust them.
+
+Features are float arrays ``(N, D)``, one row per image (2048-d Inception pool features, or the 128-d domain
+features). FID and KID are torch-fidelity's own formulas (:mod:`torch_fidelity.metric_fid`, ``metric_kid``), so a
+number here equals torch-fidelity's on the same features; on top of them:
+
+* :func:`check_not_degenerate`: features that barely vary over the reference set make every FID ~0 (a wrong or
+  untrained extractor); that stops the evaluation instead of printing a perfect score;
+* :func:`noise_floor`: FID/KID of held-out real images against the other real images, what "no difference"
+  scores at the evaluation's sample count;
+* :func:`bootstrap_fid`: FID of resampled (with replacement) generated sets, for an interval over samples
+  (:class:`FixedReference` makes each resample one symmetric eigenproblem).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch_fidelity.metric_fid import fid_statistics_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+
+from p2core.errors import P2Error
+
+KID_SUBSET_CAP = 1000
+KID_SUBSETS = 100
+
+
+def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(D,)`` and covariance ``(D, D)`` (unbiased), both float64."""
+    features = np.asarray(features, dtype=np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """FID between two Gaussians: ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` (torch-fidelity's evaluation)."""
+    stats = [
+        {"mu": np.asarray(m, np.float64), "sigma": np.asarray(s, np.float64)} for m, s in ((mu1, sigma1), (mu2, sigma2))
+    ]
+    return float(fid_statistics_to_metric(stats[0], stats[1], verbose=False)["frechet_inception_distance"])
+
+
+def kid_subset_size(requested: int | None, n_generated: int, n_reference: int) -> int:
+    """The KID subset size: ``requested``, or ``min(1000, smaller set)`` when None; it must fit both sets."""
+    smaller = min(n_generated, n_reference)
+    size = min(KID_SUBSET_CAP, smaller) if requested is None else requested
+    if size < 2:
+        raise P2Error(f"kid_subset_size must be >= 2, got {size}")
+    if size > smaller:
+        raise P2Error(
+            f"kid_subset_size {size} exceeds the {smaller} images available "
+            f"({n_generated} generated, {n_reference} reference); lower it or draw more samples"
+        )
+    return size
+
+
+def kid(features1: np.ndarray, features2: np.ndarray, subset_size: int, subsets: int = KID_SUBSETS, seed: int = 2020):
+    """KID (polynomial-kernel MMD^2, unbiased) mean and std over ``subsets`` random subsets of ``subset_size``."""
+    result = kid_features_to_metric(
+        torch.from_numpy(np.asarray(features1, np.float32)),
+        torch.from_numpy(np.asarray(features2, np.float32)),
+        kid_subsets=subsets,
+        kid_subset_size=subset_size,
+        rng_seed=seed,
+        verbose=False,
+    )
+    return float(result["kernel_inception_distance_mean"]), float(result["kernel_inception_distance_std"])
+
+
+def check_not_degenerate(features: np.ndarray, what: str) -> dict:
+    """Raise :class:`P2Error` naming ``what`` when the features hardly vary; returns the figures it checked.
+
+    Degenerate: total variance below 1e-12 (features vanish), or below 1e-8 of the mean squared feature norm (every
+    image maps to nearly the same point). A working Inception has a total variance of order 10-100 here.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    total_variance = float(features.var(axis=0, ddof=1).sum())
+    mean_square_norm = float(np.square(features).sum(axis=1).mean())
+    relative = total_variance / mean_square_norm if mean_square_norm > 0 else 0.0
+    if total_variance < 1e-12 or relative < 1e-8:
+        raise P2Error(
+            f"{what} gives near-constant features over the reference set (total variance {total_variance:.3g}, "
+            f"{relative:.3g} of the mean squared norm): every FID would be ~0; check the extractor's weights file"
+        )
+    return {"total_variance": total_variance, "relative_variance": relative}
+
+
+def noise_floor(features: np.ndarray, size: int, kid_subset: int | None, seed: int = 0) -> dict:
+    """FID and KID of ``size`` random real images (at most half the set) against all the other real images: what
+    "no difference" scores when ``size`` generated images are compared with the reference set."""
+    size = min(size, len(features) // 2)
+    if size < 2:
+        raise P2Error(f"a noise floor needs at least 4 reference images, got {len(features)}")
+    chosen = np.zeros(len(features), bool)
+    chosen[np.random.default_rng(seed).choice(len(features), size, replace=False)] = True
+    first, rest = features[chosen], features[~chosen]
+    subset = kid_subset_size(None if kid_subset is None else min(kid_subset, size), size, len(rest))
+    kid_mean, kid_std = kid(first, rest, subset)
+    return {
+        "fid": frechet_distance(*statistics(first), *statistics(rest)),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "n_held_out": int(size),
+        "n_rest": int(len(rest)),
+        "kid_subset_size": int(subset),
+    }
+
+
+class FixedReference:
+    """FID against fixed reference statistics, with ``S_r^1/2`` computed once: the trace term is
+    ``tr (S_r^1/2 S_g S_r^1/2)^1/2`` (a symmetric eigenproblem, equal to ``tr (S_r S_g)^1/2``)."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray):
+        self.mu = np.asarray(mu, np.float64)
+        values, vectors = np.linalg.eigh(np.asarray(sigma, np.float64))
+        self.root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+        self.trace = float(np.trace(sigma))
+
+    def fid(self, features: np.ndarray) -> float:
+        """FID of ``features`` (N, D) against the reference."""
+        mu, sigma = statistics(features)
+        eigenvalues = np.linalg.eigvalsh(self.root @ sigma @ self.root)
+        trace_sqrt = float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
+        return float(np.square(mu - self.mu).sum()) + float(np.trace(sigma)) + self.trace - 2 * trace_sqrt
+
+
+def bootstrap_fid(features: np.ndarray, reference: FixedReference, resamples: int, seed: int = 0) -> np.ndarray:
+    """FIDs ``(resamples,)`` of generated sets drawn with replacement from ``features`` (N, D) against ``reference``.
+
+    Resampled sets repeat images, so each FID is biased upwards; differences between two models' replicates (same N)
+    largely cancel that bias, which is what the tables use them for."""
+    rng = np.random.default_rng(seed)
+    return np.array([reference.fid(features[rng.integers(0, len(features), len(features))]) for _ in range(resamples)])
