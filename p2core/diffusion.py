@@ -1,4 +1,5 @@
-"""Gaussian diffusion: forward noising, the (P2-)weighted hybrid training loss, ancestral and DDIM samplers.
+"""Gaussian diffusion: forward noising, the (P2-)weighted hybrid training loss, ancestral, DDIM and DPM-Solver++(2M)
+samplers.
 
 The model predicts eps. With ``learn_sigma`` it outputs ``2C`` channels: eps, then ``v`` in [-1, 1] that
 interpolates the log-variance between ``log beta_t`` and the clipped posterior log-variance (Improved DDPM).
@@ -65,7 +66,7 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------------- helpers
     def respaced(self, spec: str | int) -> "GaussianDiffusion":
         """This process restricted to the timesteps chosen by ``spec`` (see :func:`space_timesteps`)."""
-        kept = space_timesteps(self.num_timesteps, spec)
+        kept = space_timesteps(self.num_timesteps, spec, self.terms.alphas_cumprod)
         betas, kept_map = respaced_betas(self.terms.alphas_cumprod, kept)
         return GaussianDiffusion(
             betas, self.weighting, self.weighting_params, self.learn_sigma, self.timestep_map[kept_map]
@@ -187,7 +188,8 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """Draw samples of ``shape`` (B, C, H, W) in [-1, 1] by running the reverse process of *this* process.
 
-        ``sampler``: ``"ddpm"`` (ancestral) or ``"ddim"`` (with ``eta``; 0 is deterministic). Respace first with
+        ``sampler``: ``"ddpm"`` (ancestral), ``"ddim"`` (with ``eta``; 0 is deterministic) or ``"dpmpp2m"``
+        (DPM-Solver++(2M), deterministic; one model evaluation per step of this process). Respace first with
         :meth:`respaced` for fewer steps. Noise comes from ``generator`` (on ``device``), so a seed fixes the output;
         a list of ``B`` generators gives each image its own stream (see :func:`gaussian_noise`).
         """
@@ -197,19 +199,51 @@ class GaussianDiffusion:
     def sample_progressive(
         self, model, shape, sampler="ddpm", eta=0.0, clip_denoised=True, generator=None, device="cpu", progress=False
     ) -> Iterator[torch.Tensor]:
-        """Yield ``x_{t-1}`` after every reverse step (see :meth:`sample`)."""
+        """Yield ``x`` after every reverse step (see :meth:`sample`)."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        step = self._ddpm_step if sampler == "ddpm" else self._ddim_step
         x = gaussian_noise(shape, generator, device)
         steps = range(self.num_timesteps - 1, -1, -1)
         if progress:
             steps = progress_bar(steps, desc=f"{sampler} {self.num_timesteps} steps", leave=False)
+        if sampler == "dpmpp2m":
+            yield from self._dpmpp2m(model, x, steps, clip_denoised)
+            return
+        step = self._ddpm_step if sampler == "ddpm" else self._ddim_step
         for i in steps:
             t = torch.full((shape[0],), i, device=device, dtype=torch.long)
             noise = gaussian_noise(shape, generator, device)
             out = self.p_mean_variance(self._call_model(model, x, t).float(), x, t, clip_denoised)
             x = step(out, x, t, noise, eta, last=(i == 0))
+            yield x
+
+    def _dpmpp2m(self, model, x, steps, clip_denoised: bool) -> Iterator[torch.Tensor]:
+        """DPM-Solver++(2M) (Lu et al. 2022, multistep, second order in the data prediction) over this process's steps.
+
+        With ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``, ``lambda_t = log(alpha_t / sigma_t)`` and
+        ``h = lambda_next - lambda_t``: ``x_next = sigma_next / sigma_t * x - alpha_next * (exp(-h) - 1) * D``, where
+        ``D`` is the predicted ``x_0`` at the first step and ``(1 + 1/2r) x0_t - (1/2r) x0_prev`` (``r = h_prev / h``)
+        after it. The last of the ``T`` model evaluations (at this process's step 0) returns its predicted ``x_0``, as
+        DDIM's last step does. Deterministic: only the initial noise is drawn. ``x0`` is clipped with ``clip_denoised``.
+        """
+        abar = self.terms.alphas_cumprod
+        alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
+        log_snr = np.log(alpha) - np.log(sigma)
+        previous_x0, previous_h = None, None
+        for i in steps:
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            x0 = self.p_mean_variance(self._call_model(model, x, t).float(), x, t, clip_denoised)["pred_xstart"]
+            if i == 0:
+                yield x0
+                return
+            h = float(log_snr[i - 1] - log_snr[i])
+            if previous_x0 is None:
+                data = x0
+            else:
+                half_inverse_r = h / (2.0 * previous_h)
+                data = (1.0 + half_inverse_r) * x0 - half_inverse_r * previous_x0
+            x = float(sigma[i - 1] / sigma[i]) * x - float(alpha[i - 1] * np.expm1(-h)) * data
+            previous_x0, previous_h = x0, h
             yield x
 
     def _ddpm_step(self, out, x, t, noise, eta, last: bool) -> torch.Tensor:

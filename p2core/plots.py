@@ -140,9 +140,10 @@ def figure3(num_timesteps: int, weightings: dict[str, tuple[str, dict]], path: s
     save_figure(fig, path)
 
 
-def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid", dashed=lambda label: False) -> None:
-    """One line per ``group`` value, mean +- std over seeds. The colour follows the objective's family (the part
-    of the label before " / ", without a "_cosine" suffix), so a family keeps its colour across line styles."""
+def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid", style=lambda label: "-") -> None:
+    """One line per ``group`` value, mean +- std over seeds, in the line style ``style(label)`` gives. The colour
+    follows the objective's family (the part of the label before " / ", without a "_cosine" suffix), so a family
+    keeps its colour across line styles."""
 
     def family(label) -> str:
         return str(label).split(" / ")[0].removesuffix("_cosine")
@@ -154,7 +155,7 @@ def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid",
         ax.plot(
             stats[x],
             stats["mean"],
-            "o--" if dashed(str(label)) else "o-",
+            "o" + style(str(label)),
             ms=3,
             color=colour,
             label=f"{label} (n={int(stats['count'].max())})",
@@ -166,7 +167,7 @@ def _mean_std_lines(ax, table: pd.DataFrame, x: str, group: str, y: str = "fid",
 def figure4(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
     """FID during training (``step``, ``fid`` per ``objective``; mean +- std over seeds; ``*_cosine`` dashed)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    _mean_std_lines(ax, table, "step", "objective", dashed=lambda label: label.endswith("_cosine"))
+    _mean_std_lines(ax, table, "step", "objective", style=lambda label: "--" if label.endswith("_cosine") else "-")
     ax.set_xlabel("training step")
     ax.set_ylabel(f"FID ({extractor} features)")
     ax.set_title("Fig. 4: FID during training", fontsize=9)
@@ -174,11 +175,16 @@ def figure4(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
     save_figure(fig, path)
 
 
+SAMPLER_STYLES = {"ddpm": "-", "ddim": "--", "dpmpp2m": ":"}
+
+
 def figure7(table: pd.DataFrame, extractor: str, path: str | Path) -> None:
-    """FID vs the number of sampling steps (``steps``, ``fid`` per ``objective`` and sampler kind)."""
+    """FID vs the number of sampling steps (``steps``, ``fid`` per ``objective`` and sampler kind: ancestral solid,
+    DDIM dashed, DPM-Solver++(2M) dotted)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     table = table.assign(series=table["objective"] + " / " + table["kind"])
-    _mean_std_lines(ax, table, "steps", "series", dashed=lambda label: label.endswith("ddim"))
+    kinds = dict(zip(table["series"], table["kind"], strict=True))
+    _mean_std_lines(ax, table, "steps", "series", style=lambda label: SAMPLER_STYLES.get(kinds[label], "-."))
     ax.set_xscale("log")
     ticks = sorted(table["steps"].unique())
     ax.set_xticks(ticks, [str(t) for t in ticks])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLERS = ("ddpm", "ddim")  # ancestral and DDIM, both run on a respaced process
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")  # ancestral, DDIM and DPM-Solver++(2M), all run on a respaced process
 
 
-def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]:
+def space_timesteps(
+    num_timesteps: int, spec: str | int | list[int], alphas_cumprod: np.ndarray | None = None
+) -> set[int]:
     """Timesteps of the original process to keep, as ADM chooses them.
 
     ``spec`` forms:
@@ -15,7 +17,9 @@ def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]
       * ``"10,15,20"``: the process cut into as many equal sections (the first ``T % n`` sections one step
         longer), each with its own count; positions inside a section are ``round(i * stride)`` with Python's
         ``round`` (half to even) and ``stride = (size - 1) / (count - 1)``;
-      * ``"ddim25"``: ``range(0, T, stride)`` for the smallest integer stride giving exactly 25 steps.
+      * ``"ddim25"``: ``range(0, T, stride)`` for the smallest integer stride giving exactly 25 steps;
+      * ``"logsnr20"``: 20 steps evenly spaced in log-SNR ``log(abar / (1 - abar)) / 2`` from step ``T-1`` to step 0
+        (DPM-Solver's "logSNR" spacing; needs the process's ``alphas_cumprod``), see :func:`logsnr_steps`.
 
     Raises ``ValueError`` with the reason when a spec cannot be met.
     """
@@ -23,6 +27,10 @@ def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]
         text = spec.strip()
         if text.startswith("ddim"):
             return _ddim_steps(num_timesteps, text)
+        if text.startswith("logsnr"):
+            if alphas_cumprod is None:
+                raise ValueError(f"respacing spec {spec!r} needs the process's alphas_cumprod")
+            return logsnr_steps(alphas_cumprod, _count(text, "logsnr"))
         try:
             section_counts = [int(part) for part in text.split(",")]
         except ValueError:
@@ -49,11 +57,33 @@ def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]
     return set(steps)
 
 
-def _ddim_steps(num_timesteps: int, text: str) -> set[int]:
+def _count(text: str, prefix: str) -> int:
     try:
-        desired = int(text[len("ddim") :])
+        return int(text[len(prefix) :])
     except ValueError:
-        raise ValueError(f"bad respacing spec {text!r}: expected 'ddimN' with an integer N") from None
+        raise ValueError(f"bad respacing spec {text!r}: expected '{prefix}N' with an integer N") from None
+
+
+def logsnr_steps(alphas_cumprod: np.ndarray, count: int) -> set[int]:
+    """``count`` distinct timesteps whose log-SNR is as evenly spaced as integer steps allow, always including the
+    first (0) and last (``T-1``) step: each target log-SNR goes to the nearest step, then collisions are pushed apart
+    (a step is never reused, so exactly ``count`` model evaluations)."""
+    alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+    num_timesteps = len(alphas_cumprod)
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"cannot take {count} log-SNR spaced steps from a process of {num_timesteps}")
+    log_snr = 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))  # decreasing in t
+    targets = np.linspace(log_snr[-1], log_snr[0], count)
+    nearest = [int(np.argmin(np.abs(log_snr - target))) for target in targets]  # from T-1 down to 0
+    steps = []
+    for i, step in enumerate(nearest):
+        highest = steps[-1] - 1 if steps else num_timesteps - 1
+        steps.append(max(min(step, highest), count - 1 - i))
+    return set(steps)
+
+
+def _ddim_steps(num_timesteps: int, text: str) -> set[int]:
+    desired = _count(text, "ddim")
     for stride in range(1, num_timesteps):
         if len(range(0, num_timesteps, stride)) == desired:
             return set(range(0, num_timesteps, stride))
@@ -80,18 +110,30 @@ def parse_sampler(name: str) -> tuple[str, str]:
 
     ``"ddpm250"`` -> ancestral on 250 evenly spaced steps; ``"ddpm10,10,10"`` -> ancestral on sections;
     ``"ddim25"`` -> DDIM (eta 0) on ADM's stride spacing with exactly 25 steps; ``"ddim10,20"`` -> DDIM on sections;
-    a bare ``"ddpm"``/``"ddim"`` uses every step.
+    ``"dpmpp2m20"`` -> DPM-Solver++(2M) on 20 steps evenly spaced in log-SNR (``"logsnr20"``, 20 model evaluations);
+    ``"dpmpp2m10,10"`` -> DPM-Solver++(2M) on ADM sections;
+    a bare ``"ddpm"``/``"ddim"``/``"dpmpp2m"`` uses every step.
     """
     for kind in SAMPLERS:
         if name.startswith(kind):
             spec = name[len(kind) :]
             if kind == "ddim" and spec.isdigit():
                 spec = f"ddim{spec}"
+            if kind == "dpmpp2m" and spec.isdigit():
+                spec = f"logsnr{spec}"
             return kind, spec
-    raise ValueError(f"bad sampler name {name!r}: expected 'ddpm<spec>' or 'ddim<spec>', e.g. ddpm250, ddim25")
+    raise ValueError(
+        f"bad sampler name {name!r}: expected 'ddpm<spec>', 'ddim<spec>' or 'dpmpp2m<spec>', e.g. ddpm250, ddim25, "
+        "dpmpp2m20"
+    )
 
 
 def sampler_steps(name: str, num_timesteps: int) -> int:
     """Model evaluations of one image drawn with sampler ``name`` on a ``num_timesteps`` process."""
     _, spec = parse_sampler(name)
+    if spec.startswith("logsnr"):
+        count = _count(spec, "logsnr")
+        if not 1 <= count <= num_timesteps:
+            raise ValueError(f"cannot take {count} log-SNR spaced steps from a process of {num_timesteps}")
+        return count
     return len(space_timesteps(num_timesteps, spec)) if spec else num_timesteps

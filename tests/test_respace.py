@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from p2core.respace import respaced_betas, space_timesteps
+from p2core.respace import parse_sampler, respaced_betas, sampler_steps, space_timesteps
 from p2core.schedule import make_betas
 
 
@@ -44,3 +44,24 @@ def test_respaced_abar_equals_base_on_kept_steps(spec):
     betas, timestep_map = respaced_betas(abar, kept)
     np.testing.assert_allclose(np.cumprod(1 - betas), abar[timestep_map], rtol=1e-12)
     assert list(timestep_map) == sorted(kept)
+
+
+@pytest.mark.parametrize("count", [2, 5, 20, 250, 1000])
+def test_logsnr_steps_are_exactly_count_distinct_steps_with_both_ends(count):
+    abar = np.cumprod(1 - make_betas("linear", 1000))
+    steps = sorted(space_timesteps(1000, f"logsnr{count}", abar))
+    assert len(steps) == count and steps[0] == 0 and steps[-1] == 999
+    assert sampler_steps(f"dpmpp2m{count}", 1000) == count
+    if count == 20:  # evenly spaced in log-SNR, up to integer rounding near t = 0 (steps 0, 1, 4, ...)
+        gaps = np.diff(0.5 * np.log(abar[steps] / (1 - abar[steps])))
+        assert np.all(np.abs(gaps / gaps.mean() - 1) < 0.25)
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        space_timesteps(1000, f"logsnr{count}")
+
+
+def test_dpm_solver_names():
+    assert parse_sampler("dpmpp2m20") == ("dpmpp2m", "logsnr20")
+    assert parse_sampler("dpmpp2m10,10") == ("dpmpp2m", "10,10")
+    assert sampler_steps("dpmpp2m10,10", 1000) == 20
+    with pytest.raises(ValueError, match="1001 log-SNR spaced steps"):
+        sampler_steps("dpmpp2m1001", 1000)

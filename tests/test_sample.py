@@ -27,7 +27,7 @@ def test_same_seed_same_images(checkpoint):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm6", "ddim4"])
+@pytest.mark.parametrize("sampler", ["ddpm6", "ddim4", "dpmpp2m4"])
 def test_shards_of_any_size_and_batch_equal_one_run(checkpoint, sampler):
     """Image i depends only on (checkpoint, sampler, seed, i): shards 0-2, 3, 4-8 drawn with batch sizes 2, 1 and 4
     concatenate to the 9-image run drawn in one batch, bit for bit."""
