@@ -1,13 +1,21 @@
-"""Training and sampling throughput of p2core on this machine; prints one JSON object.
+"""Training and sampling speed of p2core on this machine, each setting against fp32 eager measured in the same run.
 
-    .venv/bin/python benchmarks/throughput.py            # small config, fp32 and bf16, + paper config
-    .venv/bin/python benchmarks/throughput.py --no-paper # small config only (about a minute on 2 CPU threads)
+    .venv/bin/python benchmarks/throughput.py --quick     # small config, under two minutes on a 2-core CPU
+    .venv/bin/python benchmarks/throughput.py             # + more timed steps and the 256 px paper model
+    .venv/bin/python benchmarks/throughput.py --table4 results/table4.csv   # + time to ddpm50 quality per sampler
 
-Configs (issue 2): *small* = 32 px RGB, 64 channels, channel_mult 1,2,2,2, 1 res block, attention at 16, 64 head
-channels, BigGAN up/down, scale-shift norm, learned sigma, P2 gamma=1, batch 16, sampling 16 images with ddim50;
-*paper* = the authors' 256 px model (93.6 M parameters), batch 8. Achieved GFLOP/s (FLOPs of one training step
-counted by ``torch.utils.flop_counter``, divided by its time) is set against a matmul peak measured in the same run.
-Reference on 2 CPU threads, fp32 (the authors' code): small trains ~35 img/s, samples ~2.3 img/s; paper ~0.12 img/s.
+Prints one line per setting while it runs, then one JSON object: the device (GPU name, or CPU model and its vector
+flags), whether bf16 is native, and per setting training img/s, sampling img/s (ddim50) and the speedup of each over
+fp32 eager. Settings: fp32, fp32 channels_last, and where bf16 is native (AVX512-BF16/AMX or a GPU of compute
+capability >= 8) bf16 and bf16 channels_last; on CUDA also ``torch.compile`` of the training step (its compile time
+reported apart). Emulated bf16 is skipped and the JSON says why: it is slower than fp32 and takes minutes to measure.
+
+Time to ddpm50 quality: with ``--table4`` (a Table 4 CSV of a finished run), for every sampler kind and objective the
+fewest model evaluations whose FID is at or below that objective's ``ddpm50`` FID, and the speedup over ``ddpm50``
+that gives (each step is one model evaluation, whatever the sampler), or "never" in the range measured.
+
+Configs: *small* = 32 px RGB, 64 channels, channel_mult 1,2,2,2, 1 res block, attention at 16, learned sigma, P2
+gamma=1, batch 16; *paper* = the authors' 256 px model (93.6 M parameters), batch 8.
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ import platform
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from p2core.device import cpu_flags, native_bf16
 from p2core.diffusion import create_diffusion
 from p2core.train import _update_ema
 from p2core.unet import create_model
@@ -36,17 +44,8 @@ SMALL = dict(
     use_scale_shift_norm=True,
     learn_sigma=True,
 )
-PAPER = dict(
-    image_size=256,
-    num_channels=128,
-    channel_mult="",
-    num_res_blocks=1,
-    attention_resolutions="16",
-    num_head_channels=64,
-    resblock_updown=True,
-    use_scale_shift_norm=True,
-    learn_sigma=True,
-)
+PAPER = dict(SMALL, image_size=256, num_channels=128, channel_mult="")
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
 
 
 def sync(device):
@@ -54,16 +53,23 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_peak(device, dtype, size=2048, repeats=10) -> float:
-    """GFLOP/s of square matmuls: the practical peak this process can reach."""
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+def describe(device) -> dict:
+    if device.type == "cuda":
+        return {"gpu": torch.cuda.get_device_name(device), "capability": list(torch.cuda.get_device_capability(device))}
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), None)
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "vector_flags": sorted(set(VECTOR_FLAGS) & cpu_flags()),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return handle.readlines()
+    except OSError:
+        return []
 
 
 def setup(knobs, device, channels_last):
@@ -71,91 +77,127 @@ def setup(knobs, device, channels_last):
     model = create_model(**knobs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    diffusion = create_diffusion(weighting="p2", weighting_params={"gamma": 1.0, "k": 1.0})
-    return model, diffusion
+    return model, create_diffusion(weighting="p2", weighting_params={"gamma": 1.0, "k": 1.0})
 
 
-def train_throughput(knobs, batch, device, precision, channels_last, steps, warmup=2) -> dict:
+def train_throughput(knobs, batch, device, precision, channels_last, steps, compiled=False, warmup=2) -> dict:
+    """Training img/s of full steps (loss, backward, AdamW, EMA), timed after ``warmup`` steps."""
     model, diffusion = setup(knobs, device, channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = knobs["image_size"]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=fmt) * 2 - 1
+    network = torch.compile(model) if compiled else model
 
     def step():
         t = torch.randint(1000, (batch,), device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = diffusion.training_losses(model, x, t)["loss"].mean()
+            loss = diffusion.training_losses(network, x, t)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         _update_ema(ema, model, 0.9999)
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     sync(device)
+    warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
     seconds = (time.perf_counter() - start) / steps
-    return {
-        "img_per_s": batch / seconds,
-        "step_s": seconds,
-        "gflop_per_step": counter.get_total_flops() / 1e9,
-        "achieved_gflop_s": counter.get_total_flops() / seconds / 1e9,
-    }
+    result = {"img_per_s": batch / seconds, "step_s": seconds}
+    if compiled:
+        result["compile_and_warmup_s"] = warmup_s
+    return result
 
 
 @torch.inference_mode()
-def sample_throughput(knobs, count, device, precision, channels_last, sampler="ddim50") -> dict:
+def sample_throughput(knobs, count, device, precision, channels_last, evaluations) -> dict:
+    """Sampling speed: seconds per model evaluation per image (``count`` images, ``evaluations`` DDIM steps), and
+    img/s of ddim50 at that rate."""
     model, diffusion = setup(knobs, device, channels_last)
     model.eval()
-    process = diffusion.respaced(sampler)
     size = knobs["image_size"]
+    shape = (count, 3, size, size)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        process.respaced("ddim2").sample(model, (count, 3, size, size), "ddim", device=device)  # warm-up
+        diffusion.respaced("2").sample(model, shape, "ddim", device=device)  # warm-up
         sync(device)
         start = time.perf_counter()
-        process.sample(model, (count, 3, size, size), "ddim", device=device)
+        diffusion.respaced(str(evaluations)).sample(model, shape, "ddim", device=device)
         sync(device)
-    return {"img_per_s": count / (time.perf_counter() - start), "sampler": sampler, "images": count}
+    per_evaluation = (time.perf_counter() - start) / evaluations / count
+    return {"s_per_evaluation_per_image": per_evaluation, "ddim50_img_per_s": 1 / (50 * per_evaluation)}
+
+
+def time_to_ddpm50_quality(table4_csv: str) -> list[dict]:
+    """Per objective and sampler kind: the fewest model evaluations reaching the objective's ddpm50 FID, and the
+    sampling speedup over ddpm50 that gives (every sampler costs one model evaluation per step; the solvers' own
+    arithmetic is negligible next to the network)."""
+    import pandas as pd
+
+    table = pd.read_csv(table4_csv)
+    rows = []
+    for objective, group in table.groupby("objective"):
+        target = group.loc[group["sampler"] == "ddpm50", "fid_mean"]
+        if target.empty:
+            continue
+        for kind, runs in group.groupby("kind"):
+            good = runs[runs["fid_mean"] <= float(target.iloc[0])].sort_values("steps")
+            steps = int(good["steps"].iloc[0]) if len(good) else None
+            rows.append(
+                {
+                    "objective": objective,
+                    "kind": kind,
+                    "ddpm50_fid": float(target.iloc[0]),
+                    "evaluations": steps if steps is not None else f"never (tried {sorted(runs['steps'].tolist())})",
+                    "speedup_vs_ddpm50": 50 / steps if steps is not None else None,
+                }
+            )
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-paper", action="store_true", help="skip the 256 px paper config")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps (small config)")
+    parser.add_argument("--quick", action="store_true", help="few steps, small config only: under two minutes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--table4", help="a Table 4 CSV: report time to ddpm50 quality per sampler")
     args = parser.parse_args()
     device = torch.device(args.device)
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu"
-    settings = [("fp32", False), ("fp32", True)] + ([("bf16", False), ("bf16", True)] if bf16_ok else [])
-    report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "matmul_peak_gflop_s": {"fp32": matmul_peak(device, torch.float32)},
-        "small": {},
-        "paper": {},
-    }
-    if bf16_ok:
-        report["matmul_peak_gflop_s"]["bf16"] = matmul_peak(device, torch.bfloat16)
-    for precision, channels_last in settings:
-        name = f"{precision}{'_channels_last' if channels_last else ''}"
-        report["small"][name] = {
-            "train": train_throughput(SMALL, 16, device, precision, channels_last, args.steps),
-            "sample": sample_throughput(SMALL, 16, device, precision, channels_last),
+    steps, evaluations, images = (3, 4, 8) if args.quick else (10, 10, 16)
+    native = native_bf16(device)
+    settings = [("fp32", False, False), ("fp32", True, False)]
+    skipped = {}
+    if native:
+        settings += [("bf16", False, False), ("bf16", True, False)]
+    else:
+        skipped["bf16"] = "not native on this device (emulated bf16 is slower than fp32)"
+    if device.type == "cuda":
+        settings.append(("bf16" if native else "fp32", False, True))
+    else:
+        skipped["torch.compile"] = "CPU: minutes of compile time for no measured gain on the convolution-bound step"
+    report = {"device": describe(device), "native_bf16": native, "torch": torch.__version__, "skipped": skipped}
+    results = {}
+    for precision, channels_last, compiled in settings:
+        name = precision + ("_channels_last" if channels_last else "") + ("_compile" if compiled else "")
+        results[name] = {
+            "train": train_throughput(SMALL, 16, device, precision, channels_last, steps, compiled),
+            "sample": sample_throughput(SMALL, images, device, precision, channels_last, evaluations),
         }
-        print(name, json.dumps(report["small"][name]), flush=True)
-    if not args.no_paper:
-        for precision in ("fp32", "bf16") if bf16_ok else ("fp32",):
-            report["paper"][precision] = train_throughput(PAPER, 8, device, precision, False, steps=1, warmup=0)
-            print("paper", precision, json.dumps(report["paper"][precision]), flush=True)
+        base = results["fp32"]
+        results[name]["train_speedup"] = results[name]["train"]["img_per_s"] / base["train"]["img_per_s"]
+        results[name]["sample_speedup"] = (
+            base["sample"]["s_per_evaluation_per_image"] / results[name]["sample"]["s_per_evaluation_per_image"]
+        )
+        print(name, json.dumps(results[name]), flush=True)
+    report["small"] = results
+    if args.table4:
+        report["time_to_ddpm50_quality"] = time_to_ddpm50_quality(args.table4)
+    if not args.quick:
+        report["paper_train_fp32"] = train_throughput(PAPER, 8, device, "fp32", False, steps=1, warmup=1)
     print(json.dumps(report, indent=2))
 
 

@@ -215,11 +215,13 @@ def cmd_table(args) -> None:
 
 
 def cmd_runs(args) -> None:
-    from p2core.runs import find_runs, format_table, run_status
+    from p2core.runs import find_runs, format_table, run_status, write_csv
 
     statuses = [run_status(folder, args.folder) for folder in find_runs(args.folder)]
     if not statuses:
         raise P2Error(f"no training runs (folders with run.json) under {args.folder}")
+    if args.csv:
+        write_csv(statuses, args.csv)
     print(json.dumps(statuses, indent=2) if args.json else format_table(statuses))
 
 
@@ -385,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="one line per training run: step, loss, img/s, ETA, state")
     runs.add_argument("folder", nargs="?", default="results", help="searched recursively for run folders")
     runs.add_argument("--json", action="store_true", help="a JSON list instead of the table")
+    runs.add_argument("--csv", help="also write the table with provenance columns (commit, device, ...) as CSV here")
     runs.set_defaults(run=cmd_runs)
 
     fetch = commands.add_parser("prefetch", help="download Inception and AlexNet weights (run with internet)")

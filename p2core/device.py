@@ -15,13 +15,31 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); empty where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU of compute capability 8.0 or newer, or a CPU with
+    AVX512-BF16 or AMX-BF16. Elsewhere bf16 kernels are emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on a bf16-capable GPU or a CPU with native bf16 (AVX512-BF16/AMX), else ``fp32``."""
+    """``auto`` -> ``bf16`` where the device computes bf16 natively (:func:`native_bf16`), else ``fp32``."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
+from p2core import provenance
+from p2core.atomic import atomic_write_text
 from p2core.lock import FileLock
 
 RUN_FILE = "run.json"
 COLUMNS = ("run", "weighting", "seed", "step", "steps", "loss", "img_per_s", "eta_s", "state", "host")
+PROVENANCE_COLUMNS = ("device", "precision", "git_commit", "git_dirty", "code_fingerprint")
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -37,10 +41,11 @@ def _last_row(log: Path) -> dict | None:
 
 
 def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
-    """One run's status as a dict with the keys of :data:`COLUMNS` (``eta_s`` only while running)."""
+    """One run's status as a dict with the keys of :data:`COLUMNS` (``eta_s`` only while running) and
+    :data:`PROVENANCE_COLUMNS` (from ``run.json``; ``unknown`` for runs started before it recorded them)."""
     folder = Path(folder)
     info = json.loads((folder / RUN_FILE).read_text())
-    spec = info["spec"]
+    spec, origin = info["spec"], info.get("provenance", {})
     last = _last_row(folder / "train.csv") or {}
     step = int(last.get("step", 0))
     loss = float(last["loss"]) if last else math.nan
@@ -66,6 +71,8 @@ def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
         "eta_s": eta,
         "state": state,
         "host": (holder or {}).get("host") or info.get("host"),
+        **{key: origin.get(key, "unknown") for key in ("device", "precision", "git_commit", "git_dirty")},
+        "code_fingerprint": origin.get("step", {}).get("code_fingerprint", "unknown"),
     }
 
 
@@ -90,6 +97,17 @@ def format_table(statuses: list[dict]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in lines
     )
+
+
+def write_csv(statuses: list[dict], out: str | Path) -> None:
+    """The run table as CSV (every status and provenance column), with a provenance sidecar."""
+    columns = [*COLUMNS, *PROVENANCE_COLUMNS]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(statuses)
+    atomic_write_text(out, buffer.getvalue())
+    provenance.write_sidecar(out, {"aggregates": [s["run"] for s in statuses]})
 
 
 def _duration(seconds: float | None) -> str:

@@ -2,7 +2,7 @@
 
 Output folder of a run::
 
-    run.json             the resolved spec, host, device and process count (read by ``p2core runs``)
+    run.json             the resolved spec, host, device, process count and provenance (read by ``p2core runs``)
     checkpoint.pt        latest full state (model, EMA, optimizer, step); resumed automatically
     train.csv            one row per log interval: step, loss terms, loss by quarter of t, img/s
     ema_step{N}.pt       EMA weights kept at the spec's ``snapshot_steps`` (FID during training)
@@ -392,13 +392,15 @@ def _check_finite(row: dict, out_dir: Path, step: int) -> None:
 
 
 def _write_run_file(out_dir: Path, resolved: dict, device: torch.device, ranks: Ranks) -> None:
-    """``run.json``: what this run is and where it runs, for ``p2core runs`` (which never loads a checkpoint)."""
+    """``run.json``: what this run is, where it runs and its provenance (commit, code fingerprint, versions,
+    precision), for ``p2core runs`` (which never loads a checkpoint)."""
     info = {
         "spec": resolved,
         "host": socket.gethostname(),
         "device": str(device),
         "processes": ranks.world,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "provenance": provenance.record(device, resolve_precision(resolved["precision"], device)),
     }
     atomic_write_text(out_dir / RUN_FILE, json.dumps(info, indent=2))
 

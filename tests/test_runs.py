@@ -1,3 +1,4 @@
+import csv
 import json
 import signal
 import subprocess
@@ -37,6 +38,13 @@ def test_running_stopped_and_done_runs(digits8, tmp_path):
     table = subprocess.run([sys.executable, "-m", "p2core", "runs", str(tmp_path)], capture_output=True, text=True)
     assert table.stdout.splitlines()[0].split()[:4] == ["run", "weighting", "seed", "step/total"]
     assert "6/6" in table.stdout and "stopped" in table.stdout
+    csv_file = tmp_path / "runs.csv"
+    subprocess.run([sys.executable, "-m", "p2core", "runs", str(tmp_path), "--csv", str(csv_file)], check=True)
+    rows = list(csv.DictReader(csv_file.open()))
+    assert [r["run"] for r in rows] == ["digits/p2/a/seed0", "other"]
+    assert rows[1]["precision"] == "fp32" and rows[1]["device"] == "cpu" and rows[1]["git_commit"]
+    assert rows[1]["code_fingerprint"] == "unknown"  # a library call, not a `p2core train` step
+    assert json.loads((tmp_path / "runs.csv.provenance.json").read_text())["aggregates"] == [r["run"] for r in rows]
 
 
 def test_diverged_run(digits8, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The Snakemake DAG end to end on the tiny config, its rerun semantics, config errors, lint and the paper DAG."""
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -67,8 +68,16 @@ def test_report_holds_every_artifact(built):
         "Sample grids",
         "table1.csv",
         "table4.csv",
+        "runs.csv",
+        "Configuration",
     ):
         assert name in html, name
+    # a grid for every evaluated sample set (Tables 1, 3, 4 and Fig. 4's snapshots), and one row per training run
+    grids = list((built / "results/samples").rglob("grid.png"))
+    assert len(grids) == len({p.parent for p in (built / "results/samples").rglob("shard0.npz")}) > 10
+    runs = list(csv.DictReader((built / "results/runs.csv").open()))
+    assert len(runs) == len(list((built / "results/models").rglob("ema.pt")))
+    assert all(r["state"] == "done" and r["code_fingerprint"] != "unknown" and r["git_commit"] for r in runs)
 
 
 def test_second_run_does_nothing(built):

@@ -176,6 +176,7 @@ CODE = {
         "reconstruct",
         "figure",
         "table",
+        "runs",
     )
 }
 
@@ -338,6 +339,29 @@ def figure4_metrics(wildcards=None):
     ]
 
 
+def evaluated_metrics():
+    """Every metrics file the configured tables and figures use, once each."""
+    files = table1_metrics()
+    for name, collect in (("table3", table3_metrics), ("table4", table4_metrics), ("figure4", figure4_metrics)):
+        if name in config:
+            files += collect()
+    return list(dict.fromkeys(files))
+
+
+def evaluated_grids():
+    """A grid for every evaluated sample set: results/metrics/X.json -> results/samples/X/grid.png."""
+    return [
+        f"results/samples/{m.removeprefix('results/metrics/').removesuffix('.json')}/grid.png"
+        for m in evaluated_metrics()
+    ]
+
+
+def evaluated_runs():
+    """The final EMA weights of every training run behind the evaluated sample sets."""
+    runs = ["/".join(m.split("/")[2:6]) for m in evaluated_metrics()]
+    return [f"results/models/{run}/ema.pt" for run in dict.fromkeys(runs)]
+
+
 def sample_figure_inputs(wildcards):
     sec = config["sample_figures"][wildcards.fig]
     return {
@@ -426,12 +450,6 @@ def all_artifacts():
     if "figure4" in config:
         targets.append("results/figures/fig4_fid_during_training.png")
     targets += [f"results/figures/{fig}_samples.png" for fig in config.get("sample_figures", {})]
-    sec = section("table1")
-    targets += [
-        f"{samples_dir(d, o, default_arch(sec), s)}/grid.png"
-        for d in sec["datasets"]
-        for o in sec["objectives"]
-        for s in config["seeds"]
-    ]
-    targets += [f"results/figures/curves_{d}.png" for d in sec["datasets"]]
+    targets += evaluated_grids() + ["results/runs.csv"]
+    targets += [f"results/figures/curves_{d}.png" for d in section("table1")["datasets"]]
     return targets

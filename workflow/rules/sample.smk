@@ -35,7 +35,7 @@ rule sample:
 
 
 rule sample_grid:
-    """A PNG grid of the first images of a sample set (Table 1's runs, for a quick look)."""
+    """A PNG grid of the first images of a sample set (every evaluated set, for a look at what each number scores)."""
     input:
         lambda w: sample_shards(w.dataset, w.objective, w.arch, w.seed, w.ckpt, w.sampler),
     output:
@@ -43,7 +43,14 @@ rule sample_grid:
             "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/grid.png",
             caption="../report/grid.rst",
             category="Sample grids",
-            labels={"dataset": "{dataset}", "objective": "{objective}", "seed": "{seed}", "sampler": "{sampler}"},
+            labels={
+                "dataset": "{dataset}",
+                "objective": "{objective}",
+                "arch": "{arch}",
+                "seed": "{seed}",
+                "checkpoint": "{ckpt}",
+                "sampler": "{sampler}",
+            },
         ),
     log:
         "logs/sample_grid/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",

@@ -98,3 +98,19 @@ rule summary:
         code=CODE["table"],
     shell:
         "python -m p2core table summary {input} --out {output} > {log} 2>&1"
+
+
+rule run_table:
+    """Every training run behind the results: steps, last loss, speed, state, and where and with which code it ran."""
+    input:
+        evaluated_runs(),
+    output:
+        report("results/runs.csv", caption="../report/runs.rst", category="Runs"),
+    log:
+        "logs/run_table/run_table.log",
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=CODE["runs"],
+    shell:
+        "python -m p2core runs results/models --csv {output} > {log} 2>&1"
