@@ -217,9 +217,12 @@ def write_table(
 ) -> pd.DataFrame:
     """Build table ``which`` from metrics JSON files (``table2``: from the Table 1 CSV and an optional literature
     CSV) and write it as CSV to ``out`` (and as Markdown to ``markdown``). ``summary``: the claims (:func:`claims`)
-    that the given table CSVs (``table1.csv``, ...) test, as Markdown to ``out``."""
+    that the given table CSVs (``table1.csv``, ...) and final-checkpoint metrics JSON (Figure 4's runs) test, as
+    Markdown to ``out``."""
     if which == "summary":
-        table = claims({Path(path).stem: pd.read_csv(path) for path in inputs})
+        tables = {Path(path).stem: pd.read_csv(path) for path in inputs if Path(path).suffix == ".csv"}
+        training = [path for path in inputs if Path(path).suffix == ".json"]
+        table = claims(tables, collect(training) if training else None)
         atomic_write_text(out, summary_markdown(table))
         provenance.write_sidecar(out, {"aggregates": [str(path) for path in inputs]})
         return table
@@ -254,13 +257,20 @@ def _source(path: str | Path) -> dict:
 CLAIM_TABLES = {"table1": ("dataset",), "table3": ("arch_label",), "table4": ("sampler",)}
 
 
-def claims(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def _verdict(low: float, high: float) -> str:
+    """``supported`` when the whole interval is below 0, ``not supported`` above 0, else (or none) ``inconclusive``."""
+    return "supported" if high < 0 else "not supported" if low > 0 else "inconclusive"
+
+
+def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's claims that the given tables test, each with the measured effect and a verdict.
 
     Every non-baseline row of Table 1 (per dataset, FID and KID), Table 3 (per architecture) and Table 4 (per
     sampler) tests "this objective lowers the metric against the baseline": ``supported`` when the whole 95% interval
     of the difference is below 0, ``not supported`` when it is above 0, ``inconclusive`` when it contains 0 or there
-    is no interval (fewer than two seeds).
+    is no interval. With two or more datasets in Table 1, "the gain is largest on the smallest dataset"
+    (:func:`_largest_on_smallest`); with Figure 4's final-checkpoint metrics (``training``), "cosine is worse than
+    linear" per objective (:func:`_cosine_worse`).
     """
     rows = []
     for name, table in tables.items():
@@ -271,7 +281,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             metrics = ("fid", "kid") if name == "table1" else ("fid",)
             for metric in metrics:
                 low, high = row[f"{metric}_diff_low95"], row[f"{metric}_diff_high95"]
-                verdict = "supported" if high < 0 else "not supported" if low > 0 else "inconclusive"
+                verdict = _verdict(low, high)
                 rows.append(
                     {
                         "table": name,
@@ -283,7 +293,74 @@ def claims(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                         "verdict": verdict,
                     }
                 )
+    if "table1" in tables:
+        rows += _largest_on_smallest(tables["table1"])
+    if training is not None:
+        rows += _cosine_worse(training)
     return pd.DataFrame(rows)
+
+
+def _largest_on_smallest(table: pd.DataFrame) -> list[dict]:
+    """"P2's FID gain is largest on the smallest dataset" (fewest reference images), per non-baseline objective:
+    the smallest dataset's difference against each other dataset's, intervals from Table 1. ``supported`` when the
+    smallest dataset's interval lies wholly below every other's; ``not supported`` when another dataset's lies wholly
+    below it; else ``inconclusive``. The effect is the smallest dataset's difference minus the next most negative."""
+    rows = []
+    for objective, group in table[table["objective"] != "baseline"].groupby("objective"):
+        sizes = group["n_reference"].sort_values().to_numpy()
+        if group["dataset"].nunique() < 2 or sizes[0] == sizes[1]:
+            continue  # one dataset, or no single smallest one
+        group = group.sort_values("n_reference")
+        smallest, others = group.iloc[0], group.iloc[1:]
+        if (others["fid_diff_high95"] < smallest["fid_diff_low95"]).any():
+            verdict = "not supported"
+        elif (smallest["fid_diff_high95"] < others["fid_diff_low95"]).all():
+            verdict = "supported"
+        else:
+            verdict = "inconclusive"
+        rows.append(
+            {
+                "table": "table1",
+                "claim": f"{objective}'s FID gain is largest on the smallest dataset ({smallest['dataset']})",
+                "difference": float(smallest["fid_diff"] - others["fid_diff"].min()),
+                "low95": np.nan,
+                "high95": np.nan,
+                "interval": "compares the per-dataset 95% intervals of Table 1 (no joint interval)",
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+def _cosine_worse(metrics: pd.DataFrame) -> list[dict]:
+    """"The cosine schedule is worse than linear" for each objective ``X`` with an ``X_cosine`` counterpart, from final
+    checkpoints' metrics (Figure 4's runs): cosine FID minus linear FID, Welch t over seeds or the paired bootstrap
+    with one seed; ``supported`` when the interval lies wholly above 0."""
+    final = metrics[metrics["checkpoint"] == "final"] if "checkpoint" in metrics else metrics
+    rows = []
+    for objective in sorted(set(final["objective"])):
+        cosine, linear = final[final["objective"] == f"{objective}_cosine"], final[final["objective"] == objective]
+        if cosine.empty or linear.empty:
+            continue
+        if min(len(cosine), len(linear)) >= 2:
+            difference, low, high = welch_interval(cosine["fid"].to_numpy(), linear["fid"].to_numpy())
+            method = f"95% Welch t over seeds ({len(cosine)} vs {len(linear)})"
+        else:
+            found = bootstrap_interval(cosine, linear)
+            difference, low, high = found or (cosine["fid"].mean() - linear["fid"].mean(), np.nan, np.nan)
+            method = "95% paired bootstrap over samples" if found else "none: one seed and no bootstrap"
+        rows.append(
+            {
+                "table": "figure4",
+                "claim": f"the cosine schedule is worse than linear for {objective} (FID)",
+                "difference": difference,
+                "low95": low,
+                "high95": high,
+                "interval": method,
+                "verdict": _verdict(-high, -low),
+            }
+        )
+    return rows
 
 
 def summary_markdown(claims_table: pd.DataFrame) -> str:

@@ -66,3 +66,34 @@ def test_one_seed_per_side_gets_a_paired_bootstrap_interval_over_samples():
     assert np.isnan(row["kid_diff_low95"])
     verdicts = claims({"table3": table3(frame)}).set_index("claim")["verdict"]
     assert verdicts["p2 lowers FID vs baseline (B)"] == "supported"
+
+
+def test_smallest_dataset_and_cosine_claims():
+    rows = [("small", "a", "A", "baseline", s, 10.0 + s, 0.1) for s in range(3)]
+    rows += [("small", "a", "A", "p2", s, 5.0 + s, 0.1) for s in range(3)]
+    rows += [("big", "a", "A", "baseline", s, 10.0 + s, 0.1) for s in range(3)]
+    rows += [("big", "a", "A", "p2", s, 9.5 + s, 0.1) for s in range(3)]
+    frame = metrics(rows)
+    frame["n_reference"] = [1000 if d == "small" else 70000 for d in frame["dataset"]]
+    table = table1(frame)
+    # Fig. 4's final checkpoints: cosine 3 above linear for the baseline (small spread), equal for P2
+    runs = pd.DataFrame(
+        [
+            (o, s, f, "final")
+            for o, base in (("baseline", 5.0), ("baseline_cosine", 8.0))
+            for s, f in ((0, base), (1, base + 0.1))
+        ]
+        + [(o, s, 4.0 + s, "final") for o in ("p2", "p2_cosine") for s in (0, 1)]
+        + [("baseline_cosine", 0, 0.0, "step10")],
+        columns=["objective", "seed", "fid", "checkpoint"],
+    )
+    found = claims({"table1": table}, runs).set_index("claim")
+    assert found.loc["p2's FID gain is largest on the smallest dataset (small)", "verdict"] == "inconclusive"
+    assert found.loc["p2's FID gain is largest on the smallest dataset (small)", "difference"] == pytest.approx(-4.5)
+    cosine = found.loc["the cosine schedule is worse than linear for baseline (FID)"]
+    assert cosine["difference"] == pytest.approx(3.0) and cosine["verdict"] == "supported"
+    assert found.loc["the cosine schedule is worse than linear for p2 (FID)", "verdict"] == "inconclusive"
+    frame.loc[frame["dataset"] == "big", "fid"] += [0.0, 0.0, 0.0, 0.5, 0.5, 0.5]  # big: p2 is now +0 (no spread)
+    frame.loc[frame["dataset"] == "small", "fid"] += [0.0, 0.0, 0.0, 0.0, -1.0, -2.0]
+    verdicts = claims({"table1": table1(frame)}).set_index("claim")["verdict"]
+    assert verdicts["p2's FID gain is largest on the smallest dataset (small)"] == "supported"

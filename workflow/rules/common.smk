@@ -432,9 +432,12 @@ def fig3_weightings():
     return json.dumps(curves, sort_keys=True)
 
 
-def summary_tables():
-    """The table CSVs whose rows test a claim of the paper (Tables 1, 3 and 4, where configured)."""
-    return [f"results/{name}.csv" for name in ("table1", "table3", "table4") if name in config]
+def summary_inputs():
+    """What tests a claim of the paper: the table CSVs (Tables 1, 3 and 4, where configured) and the final
+    checkpoints' metrics of Figure 4's runs (linear vs cosine schedule)."""
+    tables = [f"results/{name}.csv" for name in ("table1", "table3", "table4") if name in config]
+    training = [m for m in figure4_metrics() if "/final/" in m] if "figure4" in config else []
+    return tables + training
 
 
 def all_artifacts():

@@ -80,7 +80,7 @@ rule table4:
 rule summary:
     """The paper's claims that the configured tables test, with measured effects, intervals and verdicts."""
     input:
-        summary_tables(),
+        summary_inputs(),
     output:
         report(
             "results/summary.md",
