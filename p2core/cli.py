@@ -130,8 +130,10 @@ def cmd_reference(args) -> None:
         args.kid_subset_size,
         args.device,
         progress=not args.no_progress,
+        backend=args.backend,
+        published=_published(args.published) if args.published else None,
     )
-    print(json.dumps({k: info[k] for k in ("extractor", "n_reference", "weights_verified", "noise_floor")}))
+    print(json.dumps({k: info[k] for k in ("backend", "extractor", "n_reference", "weights_verified", "noise_floor")}))
 
 
 def cmd_evaluate(args) -> None:
@@ -150,7 +152,22 @@ def cmd_evaluate(args) -> None:
         tags=_parse_tags(args.tag),
         progress=not args.no_progress,
     )
-    print(json.dumps({k: result[k] for k in ("fid", "kid_mean", "kid_std", "extractor", "weights_verified")}))
+    print(
+        json.dumps(
+            [
+                {k: b[k] for k in ("backend", "extractor", "fid", "kid_mean", "weights_verified")}
+                for b in result["backends"]
+            ]
+        )
+    )
+
+
+def _published(text: str) -> tuple[str, int, str]:
+    """``--published NAME,RESOLUTION,SPLIT`` (clean-fid's statistics, e.g. ``ffhq,256,trainval70k``)."""
+    parts = text.split(",")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise P2Error(f"--published {text!r}: expected NAME,RESOLUTION,SPLIT such as ffhq,256,trainval70k")
+    return parts[0], int(parts[1]), parts[2]
 
 
 def _kid_subset(text: str) -> int | None:
@@ -305,8 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="use weights files whose SHA-256 is not the official one (stand-ins); results say weights_verified: false",
     )
     reference = commands.add_parser("reference", help="reference statistics of a prepared dataset for FID/KID")
+    reference.add_argument("--backend", default="torch-fidelity", choices=("torch-fidelity", "clean-fid"))
+    reference.add_argument(
+        "--published", help="clean-fid: use its published statistics NAME,RESOLUTION,SPLIT (ffhq,256,trainval70k)"
+    )
     reference.add_argument("--data", required=True, help="prepared dataset folder")
-    reference.add_argument("--extractor", default="inception-v3-compat", choices=("inception-v3-compat", "domain"))
+    reference.add_argument(
+        "--extractor",
+        default="inception-v3-compat",
+        choices=("inception-v3-compat", "domain"),
+        help="torch-fidelity's extractor (clean-fid always uses its TorchScript Inception)",
+    )
     reference.add_argument("--domain-weights", help="domain feature network checkpoint (extractor 'domain')")
     reference.add_argument("--weights-dir", default="resources/weights", help="where prefetched weights live")
     reference.add_argument("--allow-unverified-weights", **unverified)
@@ -325,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="FID and KID of samples against reference statistics")
     evaluate.add_argument("--samples", required=True, nargs="+", help="the sample set's shard .npz files")
-    evaluate.add_argument("--reference", required=True, help="statistics .npz from `p2core reference`")
+    evaluate.add_argument(
+        "--reference", required=True, nargs="+", help="statistics .npz files from `p2core reference`, one per backend"
+    )
     evaluate.add_argument(
         "--kid-subset-size", type=_kid_subset, default=None, help="integer or auto: min(1000, smaller set)"
     )
@@ -390,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--csv", help="also write the table with provenance columns (commit, device, ...) as CSV here")
     runs.set_defaults(run=cmd_runs)
 
-    fetch = commands.add_parser("prefetch", help="download Inception and AlexNet weights (run with internet)")
+    fetch = commands.add_parser(
+        "prefetch", help="download the metric weights and clean-fid's FFHQ statistics (run with internet)"
+    )
     fetch.add_argument("--weights-dir", default="resources/weights")
     fetch.set_defaults(run=cmd_prefetch)
     return parser

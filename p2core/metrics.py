@@ -1,33 +1,39 @@
-"""Feature extraction, reference statistics and FID/KID evaluation (torch-fidelity backend); LPIPS from local files.
+"""Feature extraction, reference statistics and FID/KID evaluation with two backends; LPIPS from local files.
 
 Two steps, one pipeline rule each:
 
-1. :func:`write_reference` (``p2core reference``), once per (dataset, extractor): the real images' features, their
-   mean and covariance, a degenerate-feature check and the real-vs-real noise floor, in one ``.npz``;
-2. :func:`evaluate_samples` (``p2core evaluate``), per sample set: its features against that file: FID, KID, a
-   bootstrap interval of the FID over samples, in a metrics JSON that names backend, extractor, weights (verified or
-   not), resize, counts and the noise floor.
+1. :func:`write_reference` (``p2core reference``), once per (dataset, backend, extractor): the real images' features
+   (or clean-fid's published statistics), their mean and covariance, a degenerate-feature check and the real-vs-real
+   noise floor, in one ``.npz``;
+2. :func:`evaluate_samples` (``p2core evaluate``), per sample set: its features against those files: FID, KID per
+   backend, a bootstrap interval of the FID over samples, in a metrics JSON that names backend, mode, extractor,
+   weights (verified or not), resize, reference statistics, counts and the noise floor.
 
-Feature extractors (``extractor``):
+Backends:
 
-* ``inception-v3-compat``: torch-fidelity's port of the TF Inception (the standard FID network, 2048-d pool
-  features, bilinear resize to 299 px as TF 1.x did). Its weights file is found offline and verified
-  (:mod:`p2core.weights`); only a verified file gives ``comparable_to_inception: true``.
-* ``domain``: :class:`p2core.features.DomainFeatureExtractor`, a classifier trained on the dataset's labels
-  (embedded data). Its numbers are **not comparable to Inception FID**; the JSON says so.
+* ``torch-fidelity``: torch-fidelity's feature extractors and FID/KID formulas. Extractors: ``inception-v3-compat``
+  (its port of the TF Inception, bilinear resize to 299 px as TF 1.x did) or ``domain``
+  (:class:`p2core.features.DomainFeatureExtractor`, a classifier trained on the dataset's labels for the embedded
+  data: **not comparable to Inception FID**; the JSON says so).
+* ``clean-fid``: :mod:`p2core.clean_fid`, the authors' metric (clean mode, published FFHQ statistics).
+
+Weights and statistics files are found offline and verified (:mod:`p2core.weights`); only verified files give
+``comparable_to_inception: true``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from p2core import provenance, scores
+from p2core import clean_fid, provenance, scores
 from p2core.atomic import atomic_write
 from p2core.data import load_prepared
 from p2core.device import pick_device
@@ -128,8 +134,52 @@ def extract_features(
     return out
 
 
-def _backend() -> str:
-    return f"torch-fidelity {metadata.version('torch-fidelity')}"
+TORCH_FIDELITY = "torch-fidelity"
+BACKENDS = (TORCH_FIDELITY, clean_fid.BACKEND)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How one backend scores features: ``fid(mu1, sigma1, mu2, sigma2)``, ``kid(features1, features2, subset) ->
+    (mean, std or None)``, and what to record about it."""
+
+    name: str
+    mode: str
+    fid: Callable
+    kid: Callable
+
+    @property
+    def version(self) -> str:
+        return f"{self.name} {metadata.version(self.name)}"
+
+
+SCORERS = {
+    TORCH_FIDELITY: Backend(TORCH_FIDELITY, "n/a", scores.frechet_distance, scores.kid),
+    clean_fid.BACKEND: Backend(
+        clean_fid.BACKEND, clean_fid.MODE, clean_fid.fid, lambda a, b, subset: (clean_fid.kid(a, b), None)
+    ),
+}
+
+
+class _Extractor:
+    """A loaded feature network of one backend: ``features(images) -> float32 (N, D)``, its weights and resize."""
+
+    def __init__(self, backend, extractor, domain_weights, weights_dir, allow_unverified, device, progress):
+        self.device, self.progress = pick_device(device), progress
+        if backend == clean_fid.BACKEND:
+            self.extractor, self.resize = clean_fid.EXTRACTOR, clean_fid.RESIZE
+            self.model, self.weights = clean_fid.network(weights_dir, allow_unverified, self.device)
+        elif backend == TORCH_FIDELITY:
+            self.weights = extractor_weights(extractor, domain_weights, weights_dir, allow_unverified)
+            self.extractor, self.resize = extractor, RESIZE[extractor]
+        else:
+            raise P2Error(f"unknown metrics backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+
+    def features(self, images) -> np.ndarray:
+        if self.backend == clean_fid.BACKEND:
+            return clean_fid.features(images, self.model, self.device, progress=self.progress)
+        return extract_features(images, self.extractor, self.weights, self.device, progress=self.progress)
 
 
 def write_reference(
@@ -143,32 +193,51 @@ def write_reference(
     kid_subset_size: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    backend: str = TORCH_FIDELITY,
+    published: tuple[str, int, str] | None = None,
 ) -> dict:
-    """Reference statistics of a prepared dataset: ``features`` (N, D) float32, ``mu``, ``sigma`` (float64) and
-    ``info`` (JSON: extractor, weights file, its SHA-256 and verification, dataset hash, the degenerate-feature check,
-    the noise floor of ``floor_size`` held-out real images against the rest) in the ``.npz`` ``out``; returns ``info``.
+    """Reference statistics of a prepared dataset for one backend: ``features`` (N, D) float32, ``mu``, ``sigma``
+    (float64) and ``info`` (JSON: backend and mode, extractor, weights file with its SHA-256 and verification, resize,
+    where the statistics come from, dataset hash, the degenerate-feature check, and the noise floor of ``floor_size``
+    held-out real images against the rest) in the ``.npz`` ``out``; returns ``info``.
 
-    Raises :class:`P2Error` naming the extractor when its features are degenerate (nothing is written).
+    ``published`` (``(name, resolution, split)``, clean-fid only): use clean-fid's published statistics of that
+    dataset (its KID features stand in for the features) instead of computing them from ``data_folder``, as the P2
+    authors did for FFHQ. Raises :class:`P2Error` naming the extractor when its features are degenerate (nothing is
+    written).
     """
     data = load_prepared(data_folder)
-    weights = extractor_weights(extractor, domain_weights, weights_dir, allow_unverified)
-    features = extract_features(data.images, extractor, weights, device, progress=progress)
-    spread = scores.check_not_degenerate(features, f"feature extractor {extractor} ({weights.path})")
-    mu, sigma = scores.statistics(features)
+    if published is not None and backend != clean_fid.BACKEND:
+        raise P2Error(f"published statistics are clean-fid's; backend {backend} computes its own")
+    network = _Extractor(backend, extractor, domain_weights, weights_dir, allow_unverified, device, progress)
+    scorer = SCORERS[backend]
+    files = []
+    if published is None:
+        features = network.features(data.images)
+        source = f"computed from {data_folder} ({len(features)} images)"
+    else:
+        mu, sigma, features, files = clean_fid.published_statistics(*published, weights_dir, allow_unverified)
+        source = "published by clean-fid: " + ", ".join(f"{f.path.name} (sha256 {f.sha256[:12]})" for f in files)
+    spread = scores.check_not_degenerate(features, f"feature extractor {network.extractor} ({network.weights.path})")
+    if published is None:
+        mu, sigma = scores.statistics(features)
     info = {
-        "backend": _backend(),
-        "extractor": extractor,
-        "extractor_weights": str(weights.path),
-        "extractor_weights_sha256": weights.sha256,
-        "weights_verified": weights.verified,
-        "resize": RESIZE[extractor],
+        "backend": scorer.version,
+        "backend_name": backend,
+        "mode": scorer.mode,
+        "extractor": network.extractor,
+        "extractor_weights": str(network.weights.path),
+        "extractor_weights_sha256": network.weights.sha256,
+        "weights_verified": network.weights.verified and all(f.verified for f in files),
+        "resize": network.resize,
+        "reference_statistics": source,
         "dataset": str(data_folder),
         "dataset_sha256": data.meta["sha256"],
         "n_reference": int(len(features)),
         "image_shape": list(data.images.shape[1:]),
         "feature_spread": spread,
-        "noise_floor": scores.noise_floor(features, floor_size, kid_subset_size),
-        "provenance": provenance.record(pick_device(device)),
+        "noise_floor": scores.noise_floor(features, floor_size, kid_subset_size, fid=scorer.fid, kid_fn=scorer.kid),
+        "provenance": provenance.record(network.device),
     }
     blob = np.array(json.dumps(info))
     atomic_write(out, lambda handle: np.savez(handle, features=features, mu=mu, sigma=sigma, info=blob))
@@ -186,25 +255,9 @@ def read_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
         ) from None
 
 
-def evaluate_samples(
-    shard_paths: list[str | Path],
-    reference: str | Path,
-    out: str | Path,
-    kid_subset_size: int | None = None,
-    bootstrap: int = 100,
-    device: str = "auto",
-    tags: dict | None = None,
-    progress: bool = True,
-) -> dict:
-    """FID/KID of a sample set (its shard files) against reference statistics (:func:`write_reference`); writes the
-    metrics JSON to ``out`` and returns it.
-
-    The extractor and its weights file are the reference file's: the file is hashed again and must be unchanged.
-    ``kid_subset_size`` None means ``min(1000, smaller set)``. ``bootstrap`` resamples of the generated set give
-    ``fid_bootstrap`` (every resample's FID, for intervals of differences) and its 2.5/97.5 percentiles; 0 skips it.
-    """
+def _score(generated, reference: str | Path, kid_subset_size, device, progress) -> tuple[dict, np.ndarray, tuple]:
+    """One backend's numbers for a sample set against one reference file: ``(result, features, (mu, sigma))``."""
     ref_features, ref_mu, ref_sigma, info = read_reference(reference)
-    extractor = info["extractor"]
     weights = Path(info["extractor_weights"])
     digest = file_sha256(weights) if weights.is_file() else "missing"
     if digest != info["extractor_weights_sha256"]:
@@ -212,42 +265,75 @@ def evaluate_samples(
             f"{weights} is missing or changed since {reference} was computed (SHA-256 {digest[:12]} vs "
             f"{info['extractor_weights_sha256'][:12]}); rebuild the reference statistics"
         )
-    checked = WeightsFile(weights, digest, info["weights_verified"])
-    generated = SampleShards(shard_paths)
-    if list(generated.shape[1:]) != info["image_shape"]:
+    backend = info["backend_name"]
+    if backend == TORCH_FIDELITY and list(generated.shape[1:]) != info["image_shape"]:
         raise P2Error(f"generated images are {generated.shape[1:]} but {reference} holds {info['image_shape']} images")
+    network = _Extractor(backend, info["extractor"], weights, weights.parent, True, device, progress)
+    scorer = SCORERS[backend]
     subset = scores.kid_subset_size(kid_subset_size, len(generated), len(ref_features))
-    features = extract_features(generated, extractor, checked, device, progress=progress)
-    kid_mean, kid_std = scores.kid(features, ref_features, subset)
+    features = network.features(generated)
+    kid_mean, kid_std = scorer.kid(features, ref_features, subset)
     result = {
-        "fid": scores.frechet_distance(*scores.statistics(features), ref_mu, ref_sigma),
+        "fid": scorer.fid(*scores.statistics(features), ref_mu, ref_sigma),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
-        **{k: info[k] for k in ("backend", "extractor", "extractor_weights", "extractor_weights_sha256")},
-        "weights_verified": checked.verified,
-        "comparable_to_inception": extractor == INCEPTION and checked.verified,
+        **{k: info[k] for k in ("backend", "mode", "extractor", "extractor_weights", "extractor_weights_sha256")},
+        "weights_verified": info["weights_verified"],
+        "comparable_to_inception": info["extractor"] != DOMAIN and bool(info["weights_verified"]),
         "resize": info["resize"],
+        "reference": str(reference),
+        "reference_statistics": info["reference_statistics"],
         "n_generated": int(len(generated)),
         "n_reference": int(len(ref_features)),
-        "kid_subset_size": int(subset),
+        "kid_subset_size": int(subset) if backend == TORCH_FIDELITY else min(1000, len(generated), len(ref_features)),
         "kid_subsets": scores.KID_SUBSETS,
         "noise_floor": info["noise_floor"],
-        "reference": str(reference),
-        "bootstrap_resamples": int(bootstrap),
+        "dataset_sha256": info["dataset_sha256"],
     }
-    if bootstrap:
-        replicates = scores.bootstrap_fid(features, scores.FixedReference(ref_mu, ref_sigma), bootstrap)
-        result.update(
-            fid_bootstrap_low95=float(np.percentile(replicates, 2.5)),
-            fid_bootstrap_high95=float(np.percentile(replicates, 97.5)),
-            fid_bootstrap=[round(float(v), 6) for v in replicates],
-        )
-    result.update(
-        samples=[str(p) for p in shard_paths],
-        dataset_sha256=info["dataset_sha256"],
-        tags=tags or {},
-        provenance=provenance.record(pick_device(device)),
-    )
+    return result, features, (ref_mu, ref_sigma)
+
+
+def evaluate_samples(
+    shard_paths: list[str | Path],
+    references: list[str | Path] | str | Path,
+    out: str | Path,
+    kid_subset_size: int | None = None,
+    bootstrap: int = 100,
+    device: str = "auto",
+    tags: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """FID/KID of a sample set (its shard files) against one or more reference statistics files
+    (:func:`write_reference`, one per backend); writes the metrics JSON to ``out`` and returns it.
+
+    ``backends`` holds every backend's numbers; the first reference's are also at the top level (``fid``,
+    ``kid_mean``, ...: what the tables use). Each reference's extractor weights file is hashed again and must be
+    unchanged. ``kid_subset_size`` None means ``min(1000, smaller set)`` (clean-fid always uses its own rule, the
+    same). ``bootstrap`` resamples of the generated set (first backend) give ``fid_bootstrap`` (every resample's FID,
+    for intervals of differences) and its 2.5/97.5 percentiles; 0 skips it.
+    """
+    references = [references] if isinstance(references, (str, Path)) else list(references)
+    generated = SampleShards(shard_paths)
+    results = []
+    for i, reference in enumerate(references):
+        scored, features, (ref_mu, ref_sigma) = _score(generated, reference, kid_subset_size, device, progress)
+        results.append(scored)
+        if i == 0 and bootstrap:
+            replicates = scores.bootstrap_fid(features, scores.FixedReference(ref_mu, ref_sigma), bootstrap)
+            first_bootstrap = {
+                "bootstrap_resamples": int(bootstrap),
+                "fid_bootstrap_low95": float(np.percentile(replicates, 2.5)),
+                "fid_bootstrap_high95": float(np.percentile(replicates, 97.5)),
+                "fid_bootstrap": [round(float(v), 6) for v in replicates],
+            }
+    result = {
+        **results[0],
+        **(first_bootstrap if bootstrap else {"bootstrap_resamples": 0}),
+        "backends": results,
+        "samples": [str(p) for p in shard_paths],
+        "tags": tags or {},
+        "provenance": provenance.record(pick_device(device)),
+    }
     write_json(out, result)
     return result
 

@@ -84,9 +84,14 @@ def check_not_degenerate(features: np.ndarray, what: str) -> dict:
     return {"total_variance": total_variance, "relative_variance": relative}
 
 
-def noise_floor(features: np.ndarray, size: int, kid_subset: int | None, seed: int = 0) -> dict:
+def noise_floor(features: np.ndarray, size: int, kid_subset: int | None, seed: int = 0, fid=None, kid_fn=None) -> dict:
     """FID and KID of ``size`` random real images (at most half the set) against all the other real images: what
-    "no difference" scores when ``size`` generated images are compared with the reference set."""
+    "no difference" scores when ``size`` generated images are compared with the reference set.
+
+    ``fid(mu1, sigma1, mu2, sigma2)`` and ``kid_fn(features1, features2, subset_size) -> (mean, std or None)`` are the
+    backend's formulas (default: torch-fidelity's, :func:`frechet_distance` and :func:`kid`)."""
+    fid = fid or frechet_distance
+    kid_fn = kid_fn or kid
     size = min(size, len(features) // 2)
     if size < 2:
         raise P2Error(f"a noise floor needs at least 4 reference images, got {len(features)}")
@@ -94,9 +99,9 @@ def noise_floor(features: np.ndarray, size: int, kid_subset: int | None, seed: i
     chosen[np.random.default_rng(seed).choice(len(features), size, replace=False)] = True
     first, rest = features[chosen], features[~chosen]
     subset = kid_subset_size(None if kid_subset is None else min(kid_subset, size), size, len(rest))
-    kid_mean, kid_std = kid(first, rest, subset)
+    kid_mean, kid_std = kid_fn(first, rest, subset)
     return {
-        "fid": frechet_distance(*statistics(first), *statistics(rest)),
+        "fid": fid(*statistics(first), *statistics(rest)),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
         "n_held_out": int(size),
@@ -117,7 +122,10 @@ class FixedReference:
 
     def fid(self, features: np.ndarray) -> float:
         """FID of ``features`` (N, D) against the reference."""
-        mu, sigma = statistics(features)
+        return self.fid_of(*statistics(features))
+
+    def fid_of(self, mu: np.ndarray, sigma: np.ndarray) -> float:
+        """FID of a Gaussian with mean ``mu`` and covariance ``sigma`` against the reference."""
         eigenvalues = np.linalg.eigvalsh(self.root @ sigma @ self.root)
         trace_sqrt = float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
         return float(np.square(mu - self.mu).sum()) + float(np.trace(sigma)) + self.trace - 2 * trace_sqrt

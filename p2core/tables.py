@@ -14,28 +14,42 @@ from p2core.atomic import atomic_write_text
 from p2core.respace import parse_sampler, sampler_steps
 
 LITERATURE_COLUMNS = ("model", "dataset", "fid", "source")
+BACKEND_COLUMNS = ("clean_fid", "torch_fidelity")  # column prefixes of the metrics backends (p2core.metrics.BACKENDS)
 
 
 def collect(paths: list[str | Path]) -> pd.DataFrame:
     """One row per metrics JSON: its tags (dataset, objective, arch, seed, checkpoint, sampler, ...) and values
-    (the noise floor flattened to ``noise_floor_fid``, ``noise_floor_kid_mean``, ...)."""
+    (the noise floor flattened to ``noise_floor_fid``, ``noise_floor_kid_mean``, ...; every backend's FID and KID as
+    ``clean_fid_fid``, ``torch_fidelity_kid``, ...)."""
     rows = []
     for path in paths:
         content = json.loads(Path(path).read_text())
         floor = content.get("noise_floor") or {}
+        per_backend = {
+            f"{_column(b['backend'])}_{metric}": b[key]
+            for b in content.get("backends", [])
+            for metric, key in (("fid", "fid"), ("kid", "kid_mean"))
+        }
         rows.append(
             {
                 **content.get("tags", {}),
-                **{k: v for k, v in content.items() if k not in ("tags", "noise_floor")},
+                **{k: v for k, v in content.items() if k not in ("tags", "noise_floor", "backends")},
                 **{f"noise_floor_{k}": v for k, v in floor.items()},
+                **per_backend,
             }
         )
     return pd.DataFrame(rows)
 
 
+def _column(backend: str) -> str:
+    """``"clean-fid 0.1.35"`` -> ``"clean_fid"``: a backend's column prefix."""
+    return backend.split()[0].replace("-", "_")
+
+
 def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """FID and KID mean, std over seeds, the seed count, the real-vs-real noise floor and how the numbers were computed
-    (extractor, backend, weights verified, comparable to Inception FID), per group."""
+    (extractor, backend, weights verified, comparable to Inception FID), per group; with several backends also each
+    one's FID and KID mean (``clean_fid_fid_mean``, ``torch_fidelity_fid_mean``, ...)."""
     grouped = table.groupby(by, sort=False)
     out = grouped.agg(
         fid_mean=("fid", "mean"),
@@ -50,6 +64,10 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for column in ("noise_floor_fid", "backend", "weights_verified", "comparable_to_inception"):
         if column in table:
             out[column] = grouped[column].first().values
+    backends = [prefix for prefix in BACKEND_COLUMNS if f"{prefix}_fid" in table]
+    if len(backends) > 1:  # several backends: each one's mean over seeds
+        for column in (f"{prefix}_{metric}" for prefix in backends for metric in ("fid", "kid")):
+            out[f"{column}_mean"] = grouped[column].mean().values
     for column in ("training_steps", "sampler"):
         if column in table:
             out[column] = grouped[column].first().values
@@ -301,7 +319,7 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
 
 
 def _largest_on_smallest(table: pd.DataFrame) -> list[dict]:
-    """"P2's FID gain is largest on the smallest dataset" (fewest reference images), per non-baseline objective:
+    """ "P2's FID gain is largest on the smallest dataset" (fewest reference images), per non-baseline objective:
     the smallest dataset's difference against each other dataset's, intervals from Table 1. ``supported`` when the
     smallest dataset's interval lies wholly below every other's; ``not supported`` when another dataset's lies wholly
     below it; else ``inconclusive``. The effect is the smallest dataset's difference minus the next most negative."""
@@ -333,7 +351,7 @@ def _largest_on_smallest(table: pd.DataFrame) -> list[dict]:
 
 
 def _cosine_worse(metrics: pd.DataFrame) -> list[dict]:
-    """"The cosine schedule is worse than linear" for each objective ``X`` with an ``X_cosine`` counterpart, from final
+    """ "The cosine schedule is worse than linear" for each objective ``X`` with an ``X_cosine`` counterpart, from final
     checkpoints' metrics (Figure 4's runs): cosine FID minus linear FID, Welch t over seeds or the paired bootstrap
     with one seed; ``supported`` when the interval lies wholly above 0."""
     final = metrics[metrics["checkpoint"] == "final"] if "checkpoint" in metrics else metrics

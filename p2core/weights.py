@@ -1,4 +1,5 @@
-"""Pretrained weight files for the metrics: found offline, checked against their SHA-256 before anything opens them.
+"""Files the metrics need (network weights, published statistics): found offline, checked against their SHA-256
+before anything opens them.
 
 Nothing downloads at evaluation time. ``p2core prefetch`` (:func:`prefetch`, on a machine with internet) puts every
 file in ``weights_dir``; evaluation looks there, then in the torch hub cache, and a missing file is one error naming
@@ -31,7 +32,25 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
-OFFICIAL_URLS = (INCEPTION_URL, ALEXNET_URL)
+CLEAN_FID_INCEPTION_URL = (
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+)
+CLEAN_FID_STATISTICS_URL = "https://www.cs.cmu.edu/~clean-fid/stats/"
+FFHQ_STATISTICS = ("ffhq", 256, "trainval70k")  # what the P2 authors compared against
+
+
+def clean_fid_statistics_urls(name: str, resolution: int, split: str) -> tuple[str, str]:
+    """URLs of clean-fid's published ``clean``-mode FID statistics (``mu``, ``sigma``) and KID features."""
+    stem = f"{name}_clean_{split}_{resolution}".lower()
+    return f"{CLEAN_FID_STATISTICS_URL}{stem}.npz", f"{CLEAN_FID_STATISTICS_URL}{stem}_kid.npz"
+
+
+OFFICIAL_URLS = (
+    INCEPTION_URL,
+    ALEXNET_URL,
+    CLEAN_FID_INCEPTION_URL,
+    *clean_fid_statistics_urls(*FFHQ_STATISTICS),
+)
 DEFAULT_WEIGHTS_DIR = Path("resources/weights")
 LOCK_FILE = "weights.lock.json"
 _HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
@@ -128,7 +147,10 @@ def prefetch(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, urls: tuple[str, ...
     paths = []
     for url in urls:
         target = weights_dir / file_name(url)
-        if not target.is_file():
+        if target.is_file():
+            if expected_sha256(target.name, weights_dir) is not None:
+                verify(target, weights_dir)  # a file that is there but not the official one is an error, not "ready"
+        else:
             partial = target.with_name(target.name + ".part")
             torch.hub.download_url_to_file(url, str(partial), progress=True)
             digest = file_sha256(partial)

@@ -55,6 +55,46 @@ def inception_standin(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def clean_fid_standin(tmp_path_factory):
+    """A weights folder holding a stand-in for clean-fid's TorchScript Inception (same file name and interface: a
+    scripted module whose ``layers`` map (B, 3, 299, 299) inputs scaled to [-1, 1] to (B, 2048) features; random
+    He-scaled convolutions), never downloaded and not the official file."""
+    from p2core.weights import CLEAN_FID_INCEPTION_URL, file_name
+
+    class Layers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 32, 5, stride=4),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(32, 128, 5, stride=4),
+                torch.nn.ReLU(),
+                torch.nn.AdaptiveAvgPool2d(4),
+                torch.nn.Flatten(),
+            )
+
+        def forward(self, x):
+            return self.body(x)
+
+    class Base(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers()
+
+        def forward(self, x, return_features: bool = False):
+            return self.layers(x)
+
+    torch.manual_seed(0)
+    base = Base()
+    for module in base.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    folder = tmp_path_factory.mktemp("clean_fid_weights")
+    torch.jit.script(base).save(str(folder / file_name(CLEAN_FID_INCEPTION_URL)))
+    return folder
+
+
 def tiny_spec(**overrides) -> dict:
     spec = {
         "model": dict(TINY_MODEL),

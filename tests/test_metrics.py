@@ -1,12 +1,14 @@
+import dataclasses
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from p2core import scores
+from p2core import clean_fid, metrics, scores
 from p2core.checkpoint import save_checkpoint
 from p2core.cli import main
 from p2core.data import array_sha256, digits, load_prepared
@@ -20,7 +22,7 @@ from p2core.features import (
 )
 from p2core.metrics import evaluate_samples, lpips_model, write_reference
 from p2core.shards import save_shard
-from p2core.weights import LOCK_FILE, file_sha256, locate, prefetch, verify
+from p2core.weights import LOCK_FILE, clean_fid_statistics_urls, file_name, file_sha256, locate, prefetch, verify
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +283,73 @@ def test_domain_distance_is_zero_for_identical_and_larger_for_noisier(domain):
     small = domain_distance(classifier, x, (x + 0.1 * torch.randn_like(x)).clamp(-1, 1)).mean()
     large = domain_distance(classifier, x, (x + 0.8 * torch.randn_like(x)).clamp(-1, 1)).mean()
     assert 0 < small < large
+
+
+# ------------------------------------------------------------------------------------- clean-fid (stand-in network)
+def test_clean_fid_features_equal_clean_fids_own_pipeline(clean_fid_standin, digits8, tmp_path):
+    """Our clean-mode features of in-memory images equal clean-fid's own folder pipeline (PNG files, its resizer,
+    its dataset class) on the same network: the numbers are computed as the authors computed theirs."""
+    from cleanfid.fid import get_folder_features
+    from PIL import Image
+
+    model, weights = clean_fid.network(clean_fid_standin, allow_unverified=True)
+    assert weights.verified is False
+    images = np.repeat(np.array(load_prepared(digits8).images[:10]), 3, axis=-1)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i:02d}.png")
+    theirs = get_folder_features(str(tmp_path), model, num_workers=0, batch_size=4, device="cpu", verbose=False)
+    ours = clean_fid.features(images, model, progress=False)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert ours.std(axis=0).mean() > 0  # the stand-in's features vary
+
+
+def test_clean_fid_formulas_are_the_closed_forms(rng):
+    a, b = rng.normal(size=(200, 6)), rng.normal(0.5, 2.0, size=(150, 6))
+    stats_a, stats_b = scores.statistics(a), scores.statistics(b)
+    assert clean_fid.fid(*stats_a, *stats_b) == pytest.approx(scores.frechet_distance(*stats_a, *stats_b), rel=1e-6)
+    assert abs(clean_fid.kid(a, a[::-1].copy())) < 0.1 * clean_fid.kid(a, b)
+
+
+def test_clean_fid_against_published_statistics_beside_torch_fidelity(
+    clean_fid_standin, domain, digits8, reference, tmp_path, monkeypatch
+):
+    """The paper config's path: clean-fid against published statistics (stand-ins made here from the digits), in the
+    same metrics JSON as the torch-fidelity numbers; an unverified network or statistics file is refused by default.
+    clean-fid's scipy ``sqrtm`` takes 20-40 s per 2048-d FID on a 2-core CPU: here the same quantity comes from the
+    symmetric form (:class:`p2core.scores.FixedReference`; the formulas agree, see the test above)."""
+    fast = dataclasses.replace(
+        metrics.SCORERS["clean-fid"], fid=lambda m1, s1, m2, s2: scores.FixedReference(m2, s2).fid_of(m1, s1)
+    )
+    monkeypatch.setitem(metrics.SCORERS, "clean-fid", fast)
+    weights = tmp_path / "weights"
+    shutil.copytree(clean_fid_standin, weights)
+    model, _ = clean_fid.network(weights, allow_unverified=True)
+    real = clean_fid.features(np.array(load_prepared(digits8).images[:200]), model, progress=False).astype(np.float64)
+    fid_url, kid_url = clean_fid_statistics_urls("ffhq", 256, "trainval70k")
+    np.savez(weights / file_name(fid_url), mu=real.mean(0), sigma=np.cov(real, rowvar=False))
+    np.savez(weights / file_name(kid_url), feats=real)
+    published = ("ffhq", 256, "trainval70k")
+    with pytest.raises(P2Error, match="cannot verify .*inception-2015-12-05.pt: no published hash"):
+        write_reference(digits8, tmp_path / "c.npz", weights_dir=weights, backend="clean-fid", published=published)
+    info = write_reference(
+        digits8,
+        tmp_path / "c.npz",
+        weights_dir=weights,
+        allow_unverified=True,
+        floor_size=50,
+        backend="clean-fid",
+        published=published,
+        progress=False,
+    )
+    assert info["reference_statistics"].startswith("published by clean-fid: ffhq_clean_trainval70k_256.npz")
+    assert info["n_reference"] == 200 and info["noise_floor"]["n_held_out"] == 50 and info["mode"] == "clean"
+    images = domain[0]
+    result = evaluate_images(noisy(images[:60], 60), [reference[0], tmp_path / "c.npz"], tmp_path, "c", bootstrap=0)
+    tf, cf = result["backends"]
+    assert result["fid"] == tf["fid"] and tf["backend"].startswith("torch-fidelity") and tf["extractor"] == "domain"
+    assert cf["backend"].startswith("clean-fid ") and cf["mode"] == "clean" and cf["kid_std"] is None
+    assert cf["weights_verified"] is False and cf["comparable_to_inception"] is False
+    assert cf["reference_statistics"] == info["reference_statistics"] and cf["n_reference"] == 200
+    mu, sigma = scores.statistics(clean_fid.features(noisy(images[:60], 60), model, progress=False))
+    assert cf["fid"] == pytest.approx(fast.fid(mu, sigma, real.mean(0), np.cov(real, rowvar=False)), rel=1e-6)
+    assert cf["fid"] > info["noise_floor"]["fid"]  # noisy digits score worse than real ones

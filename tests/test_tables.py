@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from p2core.tables import claims, summary_markdown, table1, table3, welch_interval
+from p2core.tables import claims, collect, summary_markdown, table1, table3, welch_interval
 
 
 def test_welch_interval_matches_the_closed_form():
@@ -97,3 +99,25 @@ def test_smallest_dataset_and_cosine_claims():
     frame.loc[frame["dataset"] == "small", "fid"] += [0.0, 0.0, 0.0, 0.0, -1.0, -2.0]
     verdicts = claims({"table1": table1(frame)}).set_index("claim")["verdict"]
     assert verdicts["p2's FID gain is largest on the smallest dataset (small)"] == "supported"
+
+
+def test_several_backends_get_their_own_columns(tmp_path):
+    paths = []
+    for seed, (clean, torch_fidelity) in enumerate(((10.0, 8.0), (12.0, 9.0))):
+        content = {
+            "fid": clean,
+            "kid_mean": 0.1,
+            "backends": [
+                {"backend": "clean-fid 0.1.35", "fid": clean, "kid_mean": 0.1},
+                {"backend": "torch-fidelity 0.4.0", "fid": torch_fidelity, "kid_mean": 0.2},
+            ],
+            "tags": {"dataset": "d", "objective": "baseline", "seed": seed},
+            "extractor": "inception-torchscript",
+            "n_generated": 10,
+            "n_reference": 20,
+        }
+        paths.append(tmp_path / f"{seed}.json")
+        paths[-1].write_text(json.dumps(content))
+    row = table1(collect(paths)).iloc[0]
+    assert row["fid_mean"] == row["clean_fid_fid_mean"] == 11.0 and row["torch_fidelity_fid_mean"] == 8.5
+    assert row["torch_fidelity_kid_mean"] == pytest.approx(0.2)

@@ -48,10 +48,10 @@ def test_tiny_dag_builds_every_artifact(built):
 
 def test_reference_statistics_are_computed_once_for_every_evaluation(built):
     """One reference job per dataset; all evaluations (here 30 sample sets) read that one file."""
-    assert [p.name for p in (built / "logs/reference").rglob("*.log")] == ["domain.log"]
+    assert [p.name for p in (built / "logs/reference").rglob("*.log")] == ["torch-fidelity_domain.log"]
     evaluations = [json.loads(p.read_text()) for p in (built / "results/metrics").rglob("*.json")]
     assert len(evaluations) > 10
-    assert {e["reference"] for e in evaluations} == {"results/reference/digits/domain.npz"}
+    assert {e["reference"] for e in evaluations} == {"results/reference/digits/torch-fidelity_domain.npz"}
     assert all(e["noise_floor"]["n_held_out"] == 24 and len(e["fid_bootstrap"]) == 100 for e in evaluations)
 
 
@@ -211,6 +211,7 @@ def test_paper_config_resolves_the_full_dag(tmp_path):
     # Table 1: 6 datasets x 2 objectives; Table 3 adds archs b-e x 2; Figure 4 adds the 2 cosine runs
     assert counts["train"] == 12 + 8 + 2
     assert counts["prepare_dataset"] == 6 and "train_domain_features" not in counts
+    assert counts["reference"] == 6 * 2  # every dataset, clean-fid and torch-fidelity
     # sampling fans out: every sample set is 20 shard jobs of 500 images (at least five per metrics file)
     assert counts["sample"] == 20 * counts["evaluate"] and counts["sample"] >= 5 * counts["evaluate"]
 

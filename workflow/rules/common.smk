@@ -401,8 +401,21 @@ def tags(wildcards):
 
 # ------------------------------------------------------------------------------------- rule input helpers
 def reference_stats(wildcards):
-    """The reference statistics file an evaluation of this dataset uses (one per dataset and extractor)."""
-    return f"results/reference/{wildcards.dataset}/{dataset_cfg(wildcards.dataset)['extractor']}.npz"
+    """The reference statistics files an evaluation of this dataset uses, one per backend (first: the tables' main
+    columns): results/reference/<dataset>/<backend>_<extractor>.npz."""
+    extractors = {"torch-fidelity": dataset_cfg(wildcards.dataset)["extractor"], "clean-fid": "inception-torchscript"}
+    return [
+        f"results/reference/{wildcards.dataset}/{backend}_{extractors[backend]}.npz"
+        for backend in config["evaluation"]["backends"]
+    ]
+
+
+def published_statistics(wildcards):
+    """--published NAME,RES,SPLIT for a clean-fid reference of a dataset configured with published statistics."""
+    published = dataset_cfg(wildcards.dataset).get("published_statistics")
+    if wildcards.backend != "clean-fid" or not published:
+        return ""
+    return f"--published {published['name']},{published['resolution']},{published['split']}"
 
 
 def domain_weights(wildcards):
