@@ -434,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     except P2Error as exc:
         print(f"p2core {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        provenance.end_step()  # a library call made after main() returns is not this command's step
     return 0
 
 

@@ -51,6 +51,11 @@ def set_step(command: str, arguments: list[str]) -> None:
     )
 
 
+def end_step() -> None:
+    """Forget the command-line step (:func:`set_step`): what runs afterwards in this process is a library call."""
+    _step.clear()
+
+
 def record(device: object | None = None, precision: str | None = None) -> dict:
     """The provenance of a result written now by this process (see the module docstring)."""
     versions = dict(_versions())

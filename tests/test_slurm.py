@@ -95,9 +95,9 @@ def test_table1_through_sbatch(cluster, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert (workdir / "results/table1.csv").is_file()
     jobs = [job for job in finished_jobs(cluster) if job["JobId"] not in before]
-    # prepare 1, domain features 1, train 2, sample 4 (two shards per set), evaluate 2: all submitted with sbatch;
-    # table1 is local
-    assert len(jobs) == 10 and all(job["JobState"] == "COMPLETED" for job in jobs)
+    # prepare 1, domain features 1, train 2, sample 4 (two shards per set), reference statistics 1, evaluate 2: all
+    # submitted with sbatch; table1 is local
+    assert len(jobs) == 11 and all(job["JobState"] == "COMPLETED" for job in jobs)
     assert {job["Partition"] for job in jobs} == {"debug"}
 
 

@@ -358,7 +358,7 @@ def evaluated_grids():
 
 def evaluated_runs():
     """The final EMA weights of every training run behind the evaluated sample sets."""
-    runs = ["/".join(m.split("/")[2:6]) for m in evaluated_metrics()]
+    runs = [Path(m).parents[1].relative_to("results/metrics") for m in evaluated_metrics()]
     return [f"results/models/{run}/ema.pt" for run in dict.fromkeys(runs)]
 
 
@@ -449,7 +449,7 @@ def summary_inputs():
     """What tests a claim of the paper: the table CSVs (Tables 1, 3 and 4, where configured) and the final
     checkpoints' metrics of Figure 4's runs (linear vs cosine schedule)."""
     tables = [f"results/{name}.csv" for name in ("table1", "table3", "table4") if name in config]
-    training = [m for m in figure4_metrics() if "/final/" in m] if "figure4" in config else []
+    training = [m for m in figure4_metrics() if Path(m).parent.name == "final"] if "figure4" in config else []
     return tables + training
 
 
