@@ -47,6 +47,16 @@ def noisy(images, sigma, seed=0):
     return np.clip(images.astype(float) + noise, 0, 255).astype(np.uint8)
 
 
+def prepared_subset(source, folder, count):
+    """A prepared dataset of the first ``count`` images of ``source``."""
+    folder.mkdir()
+    images = np.array(load_prepared(source).images[:count])
+    np.save(folder / "images.npy", images)
+    meta = {"name": f"subset{count}", "count": count, "sha256": array_sha256(images), "labelled": False}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
 def evaluate_images(images, reference_path, folder, name, **options):
     """Evaluate uint8 images (written as two shards) against a reference file; the metrics dict."""
     half = len(images) // 2
@@ -250,12 +260,8 @@ def test_lpips_with_a_local_backbone_file(tmp_path):
 def test_inception_path_end_to_end_with_a_stand_in(inception_standin, digits8, tmp_path):
     """The real Inception architecture with random (He-scaled) weights: FID of a set against itself ~0 and growing with
     noise, through the command line; results say the weights are unverified and not comparable."""
-    subset = tmp_path / "data"
-    subset.mkdir()
-    images = np.array(load_prepared(digits8).images[:32])
-    np.save(subset / "images.npy", images)
-    meta = {"name": "digits32", "count": 32, "sha256": array_sha256(images), "labelled": False}
-    (subset / "meta.json").write_text(json.dumps(meta))
+    subset = prepared_subset(digits8, tmp_path / "data", 32)
+    images = np.array(load_prepared(subset).images)
     ref = tmp_path / "ref.npz"
     args = ["reference", "--data", str(subset), "--weights-dir", str(inception_standin), "--floor-size", "12"]
     assert main([*args, "--out", str(ref)]) == 2  # a stand-in is not the official file
@@ -353,3 +359,28 @@ def test_clean_fid_against_published_statistics_beside_torch_fidelity(
     mu, sigma = scores.statistics(clean_fid.features(noisy(images[:60], 60), model, progress=False))
     assert cf["fid"] == pytest.approx(fast.fid(mu, sigma, real.mean(0), np.cov(real, rowvar=False)), rel=1e-6)
     assert cf["fid"] > info["noise_floor"]["fid"]  # noisy digits score worse than real ones
+
+
+def test_clean_fid_reference_computed_from_the_dataset(clean_fid_standin, digits8, tmp_path, monkeypatch):
+    """Datasets without published statistics: clean-fid's features of the prepared images, computed once."""
+    fast = dataclasses.replace(
+        metrics.SCORERS["clean-fid"], fid=lambda m1, s1, m2, s2: scores.FixedReference(m2, s2).fid_of(m1, s1)
+    )
+    monkeypatch.setitem(metrics.SCORERS, "clean-fid", fast)
+    data = prepared_subset(digits8, tmp_path / "data", 64)
+    info = write_reference(
+        data,
+        tmp_path / "c.npz",
+        weights_dir=clean_fid_standin,
+        allow_unverified=True,
+        floor_size=16,
+        backend="clean-fid",
+        progress=False,
+    )
+    features, mu, _, stored = metrics.read_reference(tmp_path / "c.npz")
+    assert stored == json.loads(json.dumps(info)) and features.shape == (64, 2048)
+    assert info["reference_statistics"].startswith(f"computed from {data}") and info["backend_name"] == "clean-fid"
+    model, _ = clean_fid.network(clean_fid_standin, allow_unverified=True)
+    first = clean_fid.features(np.array(load_prepared(digits8).images[:5]), model, progress=False)
+    np.testing.assert_allclose(features[:5], first, rtol=1e-5, atol=1e-6)
+    assert 0 < info["noise_floor"]["fid"] and np.isfinite(mu).all()
