@@ -37,11 +37,16 @@ RESIZE = "clean-fid clean mode: PIL bicubic to 299x299 per channel in float32, n
 
 def network(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, allow_unverified: bool = False, device="cpu"):
     """``(model, weights)``: clean-fid's Inception wrapper around the verified local TorchScript file."""
+    weights = verified_file(CLEAN_FID_INCEPTION_URL, weights_dir, allow_unverified)
+    return load_network(weights.path, device), weights
+
+
+def load_network(path: str | Path, device="cpu"):
+    """clean-fid's Inception wrapper around the TorchScript file ``path`` (already verified: this loads it)."""
     from cleanfid.inception_torchscript import InceptionV3W
 
-    weights = verified_file(CLEAN_FID_INCEPTION_URL, weights_dir, allow_unverified)
-    model = InceptionV3W(str(weights.path.parent), download=False, resize_inside=False)
-    return model.eval().requires_grad_(False).to(device), weights
+    model = InceptionV3W(str(Path(path).parent), download=False, resize_inside=False)
+    return model.eval().requires_grad_(False).to(device)
 
 
 @torch.inference_mode()

@@ -43,6 +43,7 @@ from p2core.progress import progress_bar
 from p2core.shards import SampleShards
 from p2core.weights import (
     ALEXNET_URL,
+    CLEAN_FID_INCEPTION_URL,
     DEFAULT_WEIGHTS_DIR,
     INCEPTION_URL,
     WeightsFile,
@@ -93,8 +94,11 @@ def extractor_weights(
 ) -> WeightsFile:
     """The extractor's weights file, verified (:mod:`p2core.weights`) before anything opens it.
 
-    The domain network is this pipeline's own output: it is hashed and recorded, never "verified".
+    The domain network is this pipeline's own output: it is hashed and recorded, never "verified". ``extractor``
+    :data:`p2core.clean_fid.EXTRACTOR` is clean-fid's TorchScript Inception.
     """
+    if extractor == clean_fid.EXTRACTOR:
+        return verified_file(CLEAN_FID_INCEPTION_URL, weights_dir, allow_unverified)
     if extractor == INCEPTION:
         return verified_file(INCEPTION_URL, weights_dir, allow_unverified)
     if extractor == DOMAIN:
@@ -123,11 +127,10 @@ def extract_features(
     network = cls(extractor, [layer], feature_extractor_weights_path=str(weights.path), verbose=False)
     network = network.eval().requires_grad_(False).to(device)
     loader = DataLoader(UInt8Images(images, rgb=extractor == INCEPTION), batch_size=batch_size, num_workers=0)
-    out = np.empty((len(images), 0), np.float32)
-    first = 0
+    out, first = None, 0
     for batch in progress_bar(loader, desc=f"{extractor} features", disable=not progress, unit="batch"):
         features = network(batch.to(device))[0].float().cpu().numpy()
-        if out.shape[1] == 0:
+        if out is None:  # the feature width is the network's: known after its first batch
             out = np.empty((len(images), features.shape[1]), np.float32)
         out[first : first + len(features)] = features
         first += len(features)
@@ -162,19 +165,16 @@ SCORERS = {
 
 
 class _Extractor:
-    """A loaded feature network of one backend: ``features(images) -> float32 (N, D)``, its weights and resize."""
+    """A backend's feature network loaded from a verified weights file: ``features(images) -> float32 (N, D)``."""
 
-    def __init__(self, backend, extractor, domain_weights, weights_dir, allow_unverified, device, progress):
-        self.device, self.progress = pick_device(device), progress
-        if backend == clean_fid.BACKEND:
-            self.extractor, self.resize = clean_fid.EXTRACTOR, clean_fid.RESIZE
-            self.model, self.weights = clean_fid.network(weights_dir, allow_unverified, self.device)
-        elif backend == TORCH_FIDELITY:
-            self.weights = extractor_weights(extractor, domain_weights, weights_dir, allow_unverified)
-            self.extractor, self.resize = extractor, RESIZE[extractor]
-        else:
+    def __init__(self, backend: str, extractor: str, weights: WeightsFile, device, progress: bool):
+        if backend not in BACKENDS:
             raise P2Error(f"unknown metrics backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.backend = backend
+        self.backend, self.extractor, self.weights = backend, extractor, weights
+        self.device, self.progress = pick_device(device), progress
+        self.resize = clean_fid.RESIZE if backend == clean_fid.BACKEND else RESIZE[extractor]
+        if backend == clean_fid.BACKEND:
+            self.model = clean_fid.load_network(weights.path, self.device)
 
     def features(self, images) -> np.ndarray:
         if self.backend == clean_fid.BACKEND:
@@ -209,18 +209,23 @@ def write_reference(
     data = load_prepared(data_folder)
     if published is not None and backend != clean_fid.BACKEND:
         raise P2Error(f"published statistics are clean-fid's; backend {backend} computes its own")
-    network = _Extractor(backend, extractor, domain_weights, weights_dir, allow_unverified, device, progress)
+    extractor = clean_fid.EXTRACTOR if backend == clean_fid.BACKEND else extractor
+    weights = extractor_weights(extractor, domain_weights, weights_dir, allow_unverified)
+    network = _Extractor(backend, extractor, weights, device, progress)
     scorer = SCORERS[backend]
     files = []
     if published is None:
         features = network.features(data.images)
         source = f"computed from {data_folder} ({len(features)} images)"
+        mu, sigma = scores.statistics(features)
     else:
         mu, sigma, features, files = clean_fid.published_statistics(*published, weights_dir, allow_unverified)
         source = "published by clean-fid: " + ", ".join(f"{f.path.name} (sha256 {f.sha256[:12]})" for f in files)
-    spread = scores.check_not_degenerate(features, f"feature extractor {network.extractor} ({network.weights.path})")
-    if published is None:
-        mu, sigma = scores.statistics(features)
+    spread = scores.check_not_degenerate(
+        *scores.statistics(features) if published else (mu, sigma),
+        len(features),
+        f"feature extractor {extractor} ({weights.path})",
+    )
     info = {
         "backend": scorer.version,
         "backend_name": backend,
@@ -268,9 +273,13 @@ def _score(generated, reference: str | Path, kid_subset_size, device, progress) 
     backend = info["backend_name"]
     if backend == TORCH_FIDELITY and list(generated.shape[1:]) != info["image_shape"]:
         raise P2Error(f"generated images are {generated.shape[1:]} but {reference} holds {info['image_shape']} images")
-    network = _Extractor(backend, info["extractor"], weights, weights.parent, True, device, progress)
+    network = _Extractor(
+        backend, info["extractor"], WeightsFile(weights, digest, info["weights_verified"]), device, progress
+    )
     scorer = SCORERS[backend]
-    subset = scores.kid_subset_size(kid_subset_size, len(generated), len(ref_features))
+    subset = scores.kid_subset_size(
+        kid_subset_size if backend == TORCH_FIDELITY else None, len(generated), len(ref_features)
+    )  # clean-fid always takes min(1000, smaller set)
     features = network.features(generated)
     kid_mean, kid_std = scorer.kid(features, ref_features, subset)
     result = {
@@ -285,7 +294,7 @@ def _score(generated, reference: str | Path, kid_subset_size, device, progress) 
         "reference_statistics": info["reference_statistics"],
         "n_generated": int(len(generated)),
         "n_reference": int(len(ref_features)),
-        "kid_subset_size": int(subset) if backend == TORCH_FIDELITY else min(1000, len(generated), len(ref_features)),
+        "kid_subset_size": int(subset),
         "kid_subsets": scores.KID_SUBSETS,
         "noise_floor": info["noise_floor"],
         "dataset_sha256": info["dataset_sha256"],
@@ -314,21 +323,20 @@ def evaluate_samples(
     """
     references = [references] if isinstance(references, (str, Path)) else list(references)
     generated = SampleShards(shard_paths)
-    results = []
-    for i, reference in enumerate(references):
-        scored, features, (ref_mu, ref_sigma) = _score(generated, reference, kid_subset_size, device, progress)
-        results.append(scored)
-        if i == 0 and bootstrap:
-            replicates = scores.bootstrap_fid(features, scores.FixedReference(ref_mu, ref_sigma), bootstrap)
-            first_bootstrap = {
-                "bootstrap_resamples": int(bootstrap),
-                "fid_bootstrap_low95": float(np.percentile(replicates, 2.5)),
-                "fid_bootstrap_high95": float(np.percentile(replicates, 97.5)),
-                "fid_bootstrap": [round(float(v), 6) for v in replicates],
-            }
+    scored = [_score(generated, reference, kid_subset_size, device, progress) for reference in references]
+    results = [result for result, _, _ in scored]
+    interval = {"bootstrap_resamples": int(bootstrap)}
+    if bootstrap:
+        _, features, (ref_mu, ref_sigma) = scored[0]
+        replicates = scores.bootstrap_fid(features, scores.FixedReference(ref_mu, ref_sigma), bootstrap)
+        interval.update(
+            fid_bootstrap_low95=float(np.percentile(replicates, 2.5)),
+            fid_bootstrap_high95=float(np.percentile(replicates, 97.5)),
+            fid_bootstrap=[round(float(v), 6) for v in replicates],
+        )
     result = {
         **results[0],
-        **(first_bootstrap if bootstrap else {"bootstrap_resamples": 0}),
+        **interval,
         "backends": results,
         "samples": [str(p) for p in shard_paths],
         "tags": tags or {},

@@ -25,10 +25,19 @@ KID_SUBSET_CAP = 1000
 KID_SUBSETS = 100
 
 
-def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(D,)`` and covariance ``(D, D)`` (unbiased), both float64."""
-    features = np.asarray(features, dtype=np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
+def statistics(features: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(D,)`` and covariance ``(D, D)`` (unbiased), both float64, accumulated over ``chunk`` rows at a time
+    (shifted by the first chunk's mean against cancellation): memory is ``D x D``, never a float64 copy of all N."""
+    features = np.asarray(features)
+    count = len(features)
+    shift = np.asarray(features[:chunk], np.float64).mean(axis=0)
+    total, scatter = np.zeros_like(shift), np.zeros((len(shift), len(shift)))
+    for start in range(0, count, chunk):
+        block = np.asarray(features[start : start + chunk], np.float64) - shift
+        total += block.sum(axis=0)
+        scatter += block.T @ block
+    centred_mean = total / count
+    return shift + centred_mean, (scatter - count * np.outer(centred_mean, centred_mean)) / (count - 1)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -66,15 +75,15 @@ def kid(features1: np.ndarray, features2: np.ndarray, subset_size: int, subsets:
     return float(result["kernel_inception_distance_mean"]), float(result["kernel_inception_distance_std"])
 
 
-def check_not_degenerate(features: np.ndarray, what: str) -> dict:
-    """Raise :class:`P2Error` naming ``what`` when the features hardly vary; returns the figures it checked.
+def check_not_degenerate(mu: np.ndarray, sigma: np.ndarray, count: int, what: str) -> dict:
+    """Raise :class:`P2Error` naming ``what`` when features with mean ``mu`` and covariance ``sigma`` (over ``count``
+    images) hardly vary; returns the figures it checked.
 
     Degenerate: total variance below 1e-12 (features vanish), or below 1e-8 of the mean squared feature norm (every
     image maps to nearly the same point). A working Inception has a total variance of order 10-100 here.
     """
-    features = np.asarray(features, dtype=np.float64)
-    total_variance = float(features.var(axis=0, ddof=1).sum())
-    mean_square_norm = float(np.square(features).sum(axis=1).mean())
+    total_variance = float(np.trace(sigma))
+    mean_square_norm = total_variance * (count - 1) / count + float(np.square(mu).sum())
     relative = total_variance / mean_square_norm if mean_square_norm > 0 else 0.0
     if total_variance < 1e-12 or relative < 1e-8:
         raise P2Error(

@@ -165,7 +165,8 @@ def test_degenerate_features_stop_the_evaluation(digits8, tmp_path):
     with pytest.raises(P2Error, match="feature extractor domain .*near-constant features"):
         write_reference(digits8, tmp_path / "ref.npz", "domain", domain_weights=dead, progress=False)
     assert not (tmp_path / "ref.npz").exists()
-    assert scores.check_not_degenerate(np.random.default_rng(0).normal(size=(50, 4)), "x")["total_variance"] > 1
+    varied = np.random.default_rng(0).normal(size=(50, 4))
+    assert scores.check_not_degenerate(*scores.statistics(varied), 50, "x")["total_variance"] > 1
 
 
 def test_kid_subset_defaults_to_the_smaller_set_up_to_1000():
@@ -309,6 +310,18 @@ def test_clean_fid_features_equal_clean_fids_own_pipeline(clean_fid_standin, dig
     assert ours.std(axis=0).mean() > 0  # the stand-in's features vary
 
 
+@pytest.fixture
+def fast_clean_fid(monkeypatch):
+    """clean-fid's scipy ``sqrtm`` takes 20-40 s per 2048-d FID on a 2-core CPU: tests with 2048-d stand-in features
+    get the same quantity from the symmetric form (:class:`p2core.scores.FixedReference`; the formulas agree, see
+    ``test_clean_fid_formulas_are_the_closed_forms``). Returns the patched scorer."""
+    fast = dataclasses.replace(
+        metrics.SCORERS["clean-fid"], fid=lambda m1, s1, m2, s2: scores.FixedReference(m2, s2).fid_of(m1, s1)
+    )
+    monkeypatch.setitem(metrics.SCORERS, "clean-fid", fast)
+    return fast
+
+
 def test_clean_fid_formulas_are_the_closed_forms(rng):
     a, b = rng.normal(size=(200, 6)), rng.normal(0.5, 2.0, size=(150, 6))
     stats_a, stats_b = scores.statistics(a), scores.statistics(b)
@@ -317,16 +330,10 @@ def test_clean_fid_formulas_are_the_closed_forms(rng):
 
 
 def test_clean_fid_against_published_statistics_beside_torch_fidelity(
-    clean_fid_standin, domain, digits8, reference, tmp_path, monkeypatch
+    clean_fid_standin, domain, digits8, reference, tmp_path, fast_clean_fid
 ):
     """The paper config's path: clean-fid against published statistics (stand-ins made here from the digits), in the
-    same metrics JSON as the torch-fidelity numbers; an unverified network or statistics file is refused by default.
-    clean-fid's scipy ``sqrtm`` takes 20-40 s per 2048-d FID on a 2-core CPU: here the same quantity comes from the
-    symmetric form (:class:`p2core.scores.FixedReference`; the formulas agree, see the test above)."""
-    fast = dataclasses.replace(
-        metrics.SCORERS["clean-fid"], fid=lambda m1, s1, m2, s2: scores.FixedReference(m2, s2).fid_of(m1, s1)
-    )
-    monkeypatch.setitem(metrics.SCORERS, "clean-fid", fast)
+    same metrics JSON as the torch-fidelity numbers; an unverified network or statistics file is refused by default."""
     weights = tmp_path / "weights"
     shutil.copytree(clean_fid_standin, weights)
     model, _ = clean_fid.network(weights, allow_unverified=True)
@@ -357,16 +364,12 @@ def test_clean_fid_against_published_statistics_beside_torch_fidelity(
     assert cf["weights_verified"] is False and cf["comparable_to_inception"] is False
     assert cf["reference_statistics"] == info["reference_statistics"] and cf["n_reference"] == 200
     mu, sigma = scores.statistics(clean_fid.features(noisy(images[:60], 60), model, progress=False))
-    assert cf["fid"] == pytest.approx(fast.fid(mu, sigma, real.mean(0), np.cov(real, rowvar=False)), rel=1e-6)
+    assert cf["fid"] == pytest.approx(fast_clean_fid.fid(mu, sigma, real.mean(0), np.cov(real, rowvar=False)), rel=1e-6)
     assert cf["fid"] > info["noise_floor"]["fid"]  # noisy digits score worse than real ones
 
 
-def test_clean_fid_reference_computed_from_the_dataset(clean_fid_standin, digits8, tmp_path, monkeypatch):
+def test_clean_fid_reference_computed_from_the_dataset(clean_fid_standin, digits8, tmp_path, fast_clean_fid):
     """Datasets without published statistics: clean-fid's features of the prepared images, computed once."""
-    fast = dataclasses.replace(
-        metrics.SCORERS["clean-fid"], fid=lambda m1, s1, m2, s2: scores.FixedReference(m2, s2).fid_of(m1, s1)
-    )
-    monkeypatch.setitem(metrics.SCORERS, "clean-fid", fast)
     data = prepared_subset(digits8, tmp_path / "data", 64)
     info = write_reference(
         data,
