@@ -3,6 +3,8 @@ hardware runs it natively."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -27,12 +29,24 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# oneDNN instruction-set caps (``ONEDNN_MAX_CPU_ISA``) under which it has no bf16 instructions and emulates bf16.
+ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap oneDNN was given (``ONEDNN_MAX_CPU_ISA``, or its old name ``DNNL_MAX_CPU_ISA``),
+    upper-cased; ``None`` when unset. Capping it to ``AVX2`` makes a newer CPU behave like an AVX2-only one."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.strip().upper() if cap else None
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU of compute capability 8.0 or newer, or a CPU with
-    AVX512-BF16 or AMX-BF16. Elsewhere bf16 kernels are emulated and slower than fp32."""
+    AVX512-BF16 or AMX-BF16 whose oneDNN is not capped below them (:func:`onednn_isa_cap`). Elsewhere bf16
+    kernels are emulated and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and onednn_isa_cap() not in ISA_CAPS_WITHOUT_BF16
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
