@@ -11,7 +11,9 @@ Clones the committed HEAD into a temporary folder and, with this interpreter's s
 instructions (``precision: auto`` then picks fp32, see ``p2core.device.native_bf16``), AVX2-wide or AVX-512-wide
 fp32 kernels. Clock speed, caches and memory stay this machine's: the ``calibration`` entry (fp32 training img/s of
 ``benchmarks/throughput.py``'s small config under the same cap) is the figure to compare with the machine you want to
-predict, and to scale the times by.
+predict, and to scale the times by. It is measured before and after the DAG (a shared machine's speed can drift by
+more than any setting changes it: this project's 2-core VM has run the same step at 0.37 s and at 0.6 s an hour
+apart), with all cores, like the fp32 line of ``benchmarks/throughput.py --quick``.
 
 Also prints the job seconds per rule of each phase (from the jobs' ``benchmarks/jobs/`` files; jobs run side by
 side, so these add up to more than the wall clock) and Table 1, so the numbers of the timed run are on record.
@@ -38,10 +40,10 @@ ISA_CAPS = {  # --isa: (oneDNN's cap, ATen's kernel set)
 CALIBRATION = """
 import json, torch, throughput
 from p2core.device import native_bf16
-torch.set_num_threads(1)
-result = throughput.train_throughput(throughput.SMALL, 16, torch.device("cpu"), "fp32", False, steps=5)
-print(json.dumps({"small_fp32_train_img_per_s_1_thread": result["img_per_s"],
-                  "native_bf16_in_jobs": native_bf16(torch.device("cpu")), **throughput.describe(torch.device("cpu"))}))
+cpu = torch.device("cpu")
+result = throughput.train_throughput(throughput.SMALL, 16, cpu, "fp32", False, steps=5)
+print(json.dumps({"small_fp32_train_img_per_s": result["img_per_s"], "native_bf16_in_jobs": native_bf16(cpu),
+                  **throughput.describe(cpu)}))
 """
 
 
@@ -49,6 +51,13 @@ def timed(command: list[str], cwd: Path, env: dict) -> float:
     start = time.perf_counter()
     subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def calibrate(env: dict) -> dict:
+    """fp32 training img/s of the small config (``benchmarks/throughput.py``) and the device, as the jobs see it."""
+    command = [sys.executable, "-c", CALIBRATION]
+    result = subprocess.run(command, cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def job_seconds(workdir: Path) -> Counter:
@@ -77,13 +86,11 @@ def main():
         env["ONEDNN_MAX_CPU_ISA"], env["ATEN_CPU_CAPABILITY"] = ISA_CAPS[args.isa]
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="p2-pipeline-"))
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(workdir)], check=True)
-    command = [sys.executable, "-c", CALIBRATION]
-    calibration = subprocess.run(command, cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, check=True)
     report = {
         "cores": args.cores,
         "isa_cap": args.isa,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout[:12],
-        "calibration": json.loads(calibration.stdout.strip().splitlines()[-1]),
+        "calibration_before": calibrate(env),
         "clone": str(workdir),
     }
     snakemake = [sys.executable, "-m", "snakemake", "--cores", str(args.cores)]
@@ -95,6 +102,7 @@ def main():
         report["all_artifacts_s"] = report["table1_s"] + report["remaining_artifacts_s"]
         report["remaining_job_s"] = rounded(job_seconds(workdir) - table1_jobs)
         report["noop_rerun_s"] = timed(snakemake, workdir, env)
+    report["calibration_after"] = calibrate(env)
     report["table1"] = (workdir / "results/table1.md").read_text()
     print(json.dumps(report, indent=2))
 

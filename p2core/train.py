@@ -56,7 +56,10 @@ class TrainSpec:
     ``microbatch``: images per forward/backward pass in each process (gradients accumulate over the microbatches of
     an update, so a large batch fits a small GPU; ``None``: the process's whole share at once);
     ``lr``: AdamW learning rate (constant);
-    ``ema_rate``: EMA decay per update; ``save_every``/``log_every``: in updates;
+    ``ema_rate``: EMA decay per update; ``ema_bias_correction``: average the trained weights only (after update n
+    the plain EMA still gives the random initialisation the weight ``ema_rate**n``, 5% after 600 updates of 0.995;
+    the correction divides it out as Adam does for its moments; negligible once n >> 1 / (1 - ema_rate));
+    ``save_every``/``log_every``: in updates;
     ``snapshot_steps``: updates after which the EMA weights are kept as ``ema_step{N}.pt``;
     ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the GPU or CPU has native bf16, else
     fp32; see :func:`p2core.device.resolve_precision`); ``channels_last``: NHWC memory layout.
@@ -70,6 +73,7 @@ class TrainSpec:
     lr: float = 1e-4
     weight_decay: float = 0.0
     ema_rate: float = 0.9999
+    ema_bias_correction: bool = False
     seed: int = 0
     save_every: int = 1000
     log_every: int = 100
@@ -224,7 +228,7 @@ class _Run:
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), spec.lr, spec.weight_decay, device)
         self.start = _resume(out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
         if ranks.is_main:
             _write_run_file(out_dir, self.resolved, device, ranks)
@@ -262,7 +266,7 @@ class _Run:
                 (losses["loss"].sum() / len(t)).backward()
             self.stats.add(losses, t[part])
         self.optimizer.step()
-        _update_ema(self.ema, self.model, self.spec.ema_rate)
+        _update_ema(self.ema, self.model, self.spec.ema_rate, step + 1 if self.spec.ema_bias_correction else None)
 
     def log(self, done: int) -> dict:
         """Close a log interval: a ``train.csv`` row (all ranks' samples), stopping on a non-finite loss."""
@@ -317,7 +321,8 @@ def _resume(path: Path, resolved: dict, model, ema, optimizer) -> int:
     if not path.exists():
         return 0
     state = load_checkpoint(path, "train")
-    stored = state["spec"]
+    # a key newer than the checkpoint had its default then
+    stored = {f.name: f.default for f in dataclasses.fields(TrainSpec)} | state["spec"]
     # only the length of the run may change between a checkpoint and its continuation
     differing = sorted(
         k
@@ -336,11 +341,19 @@ def _resume(path: Path, resolved: dict, model, ema, optimizer) -> int:
     return int(state["step"])
 
 
+def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step on CPU and CUDA (on the CPU the default per-tensor loop cost as much
+    as 5% of the embedded default's training step; same update rule)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
 @torch.no_grad()
-def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> None:
-    """``ema <- rate * ema + (1 - rate) * params`` for every parameter."""
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - rate)
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float, updates: int | None = None) -> None:
+    """``ema <- rate * ema + (1 - rate) * params`` for every parameter; with ``updates`` (the count including this
+    one) bias-corrected: ``1 - rate`` becomes ``(1 - rate) / (1 - rate**updates)``, so the EMA is the normalised
+    exponential average of the trained weights alone (the first update copies them)."""
+    weight = 1.0 - rate if updates is None else (1.0 - rate) / (1.0 - rate**updates)
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), weight)
 
 
 class _IntervalStats:

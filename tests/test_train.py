@@ -213,8 +213,8 @@ def test_non_finite_ema_weights_are_never_written(digits8, tmp_path, monkeypatch
 
     original, calls = training._update_ema, {"n": 0}
 
-    def poisoned(ema, model, rate):  # the loss stays finite; only the EMA goes bad, after step 3
-        original(ema, model, rate)
+    def poisoned(ema, model, rate, updates):  # the loss stays finite; only the EMA goes bad, after step 3
+        original(ema, model, rate, updates)
         calls["n"] += 1
         if calls["n"] == 3:
             next(ema.parameters()).data[0] = float("inf")
@@ -224,6 +224,20 @@ def test_non_finite_ema_weights_are_never_written(digits8, tmp_path, monkeypatch
         train(TrainSpec.from_dict(tiny_spec(steps=6, snapshot_steps=[2, 4])), digits8, tmp_path, progress=False)
     assert (tmp_path / "ema_step2.pt").exists() and not (tmp_path / "ema_step4.pt").exists()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_bias_corrected_ema_averages_the_trained_weights_alone():
+    from p2core.train import _update_ema
+
+    rate, ema, model = 0.9, torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    ema.weight.data.fill_(-100.0)  # the initialisation: gone after the first corrected update
+    for n, value in enumerate((1.0, 2.0, 3.0), start=1):
+        model.weight.data.fill_(value)
+        _update_ema(ema, model, rate, n)
+    expected = (rate**2 * 1 + rate * 2 + 3) / (rate**2 + rate + 1)
+    assert ema.weight.item() == pytest.approx(expected, rel=1e-6)
+    _update_ema(ema, model, rate)  # uncorrected: a plain lerp
+    assert ema.weight.item() == pytest.approx(rate * expected + (1 - rate) * 3, rel=1e-6)
 
 
 def test_resume_refuses_a_run_with_other_settings(digits8, tmp_path):
