@@ -53,10 +53,12 @@ def timed(command: list[str], cwd: Path, env: dict) -> float:
     return time.perf_counter() - start
 
 
-def calibrate(env: dict) -> dict:
-    """fp32 training img/s of the small config (``benchmarks/throughput.py``) and the device, as the jobs see it."""
+def calibrate(workdir: Path, env: dict) -> dict:
+    """fp32 training img/s of the small config (the clone's ``benchmarks/throughput.py``) and the device, as the
+    jobs see it."""
     command = [sys.executable, "-c", CALIBRATION]
-    result = subprocess.run(command, cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, check=True)
+    env = {**env, "PYTHONPATH": str(workdir)}  # the clone's p2core, as in the jobs
+    result = subprocess.run(command, cwd=workdir / "benchmarks", env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -90,7 +92,7 @@ def main():
         "cores": args.cores,
         "isa_cap": args.isa,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True).stdout[:12],
-        "calibration_before": calibrate(env),
+        "calibration_before": calibrate(workdir, env),
         "clone": str(workdir),
     }
     snakemake = [sys.executable, "-m", "snakemake", "--cores", str(args.cores)]
@@ -102,7 +104,7 @@ def main():
         report["all_artifacts_s"] = report["table1_s"] + report["remaining_artifacts_s"]
         report["remaining_job_s"] = rounded(job_seconds(workdir) - table1_jobs)
         report["noop_rerun_s"] = timed(snakemake, workdir, env)
-    report["calibration_after"] = calibrate(env)
+    report["calibration_after"] = calibrate(workdir, env)
     report["table1"] = (workdir / "results/table1.md").read_text()
     print(json.dumps(report, indent=2))
 

@@ -30,7 +30,7 @@ import torch
 
 from p2core.device import cpu_flags, native_bf16
 from p2core.diffusion import create_diffusion
-from p2core.train import _update_ema
+from p2core.train import _update_ema, adamw
 from p2core.unet import create_model
 
 SMALL = dict(
@@ -84,7 +84,7 @@ def train_throughput(knobs, batch, device, precision, channels_last, steps, comp
     """Training img/s of full steps (loss, backward, AdamW, EMA), timed after ``warmup`` steps."""
     model, diffusion = setup(knobs, device, channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), 1e-4, 0.0, device)
     size = knobs["image_size"]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=fmt) * 2 - 1

@@ -244,6 +244,19 @@ def test_resume_refuses_a_run_with_other_settings(digits8, tmp_path):
     train(TrainSpec.from_dict(tiny_spec(steps=2)), digits8, tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="different settings.*lr"):
         train(TrainSpec.from_dict(tiny_spec(steps=4, lr=5e-4)), digits8, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="different settings.*ema_bias_correction"):
+        train(TrainSpec.from_dict(tiny_spec(steps=4, ema_bias_correction=True)), digits8, tmp_path, progress=False)
+
+
+def test_a_checkpoint_older_than_a_spec_key_resumes_with_its_default(digits8, tmp_path):
+    train(TrainSpec.from_dict(tiny_spec(steps=2)), digits8, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["spec"]["ema_bias_correction"]  # as written before the key existed
+    save_checkpoint(
+        tmp_path / "checkpoint.pt", "train", **{k: v for k, v in state.items() if k not in ("format", "kind")}
+    )
+    train(TrainSpec.from_dict(tiny_spec(steps=3)), digits8, tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
 
 
 def test_bad_checkpoints_give_one_line_errors(digits8, tmp_path):
