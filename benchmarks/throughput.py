@@ -30,6 +30,7 @@ import torch
 
 from p2core.device import cpu_flags, native_bf16
 from p2core.diffusion import create_diffusion
+from p2core.sampling import respaced, sample
 from p2core.train import _update_ema, adamw
 from p2core.unet import create_model
 
@@ -124,10 +125,10 @@ def sample_throughput(knobs, count, device, precision, channels_last, evaluation
     size = knobs["image_size"]
     shape = (count, 3, size, size)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        diffusion.respaced("2").sample(model, shape, "ddim", device=device)  # warm-up
+        sample(respaced(diffusion, "2"), model, shape, "ddim", device=device)  # warm-up
         sync(device)
         start = time.perf_counter()
-        diffusion.respaced(str(evaluations)).sample(model, shape, "ddim", device=device)
+        sample(respaced(diffusion, str(evaluations)), model, shape, "ddim", device=device)
         sync(device)
     per_evaluation = (time.perf_counter() - start) / evaluations / count
     return {"s_per_evaluation_per_image": per_evaluation, "ddim50_img_per_s": 1 / (50 * per_evaluation)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,24 +14,15 @@ from p2core.atomic import atomic_write, atomic_write_text
 from p2core.data import load_prepared
 from p2core.device import pick_device
 from p2core.diffusion import GaussianDiffusion, create_diffusion
-from p2core.errors import P2Error
-from p2core.features import domain_distance, load_domain_classifier
-from p2core.metrics import lpips_model
+from p2core.distances import Distance, perceptual_distance
+from p2core.images import to_float, to_uint8
 from p2core.restore import load_ema_model
-from p2core.sample import to_uint8
 from p2core.seeding import generator
-
-Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def evenly_spaced_timesteps(num_timesteps: int, count: int) -> list[int]:
     """``count`` timesteps spread evenly over ``0 .. T-1`` (both ends included)."""
     return sorted({int(round(x)) for x in np.linspace(0, num_timesteps - 1, count)})
-
-
-def to_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 @torch.no_grad()
@@ -107,26 +97,6 @@ def reconstructions(
         noisy.append(to_uint8(x_t.clamp(-1, 1)))
         predicted.append(to_uint8(out["pred_xstart"]))
     return np.stack(noisy), np.stack(predicted)
-
-
-def perceptual_distance(
-    kind: str, weights_dir: str | Path, domain_weights: str | Path | None = None, allow_unverified: bool = False
-) -> tuple[Distance, str]:
-    """Figure 1's distance and its label: ``lpips`` (AlexNet LPIPS, greyscale repeated to RGB) or ``domain`` (the
-    domain classifier's normalised feature distance, for data LPIPS cannot judge)."""
-    if kind == "lpips":
-        model, verified = lpips_model(weights_dir, allow_unverified=allow_unverified)
-
-        def distance(a, b):
-            if a.shape[1] == 1:
-                a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
-            return model(a, b).flatten()
-
-        return distance, "LPIPS (AlexNet)" if verified else "LPIPS (AlexNet, UNVERIFIED backbone file)"
-    if kind == "domain":
-        classifier, _ = load_domain_classifier(domain_weights)
-        return (lambda a, b: domain_distance(classifier, a, b)), "domain-feature distance (not LPIPS)"
-    raise P2Error(f"unknown distance {kind!r}; choose lpips or domain")
 
 
 def write_distance_vs_snr(

@@ -29,9 +29,7 @@ from p2core.weights import (
     verified_file,
 )
 
-BACKEND = "clean-fid"
 MODE = "clean"
-EXTRACTOR = "inception-torchscript"
 RESIZE = "clean-fid clean mode: PIL bicubic to 299x299 per channel in float32, no quantisation"
 
 
@@ -64,6 +62,14 @@ def features(images, model, device="cpu", batch_size: int = 32, progress: bool =
         resized = np.stack([resize(image) for image in batch]).transpose(0, 3, 1, 2)
         out[start : start + len(batch)] = model(torch.from_numpy(resized).to(device)).float().cpu().numpy()
     return out
+
+
+def parse_published(text: str) -> tuple[str, int, str]:
+    """``NAME,RESOLUTION,SPLIT`` (clean-fid's statistics, e.g. ``ffhq,256,trainval70k``) -> a tuple."""
+    parts = text.split(",")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise P2Error(f"published statistics {text!r}: expected NAME,RESOLUTION,SPLIT such as ffhq,256,trainval70k")
+    return parts[0], int(parts[1]), parts[2]
 
 
 def published_statistics(

@@ -1,17 +1,23 @@
 """Where and in which precision a step runs: the device (``auto``: CUDA when available) and bf16 autocast where the
-hardware runs it natively."""
+hardware runs it natively. Importing it does not import torch (the workflow reads :data:`PRECISIONS`)."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+from p2core.errors import P2Error
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def pick_device(device: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -45,12 +51,16 @@ def native_bf16(device: torch.device) -> bool:
     AVX512-BF16 or AMX-BF16 whose oneDNN is not capped below them (:func:`onednn_isa_cap`). Elsewhere bf16
     kernels are emulated and slower than fp32."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_capability(device)[0] >= 8
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and onednn_isa_cap() not in ISA_CAPS_WITHOUT_BF16
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` where the device computes bf16 natively (:func:`native_bf16`), else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise P2Error(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
@@ -58,4 +68,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The autocast context for ``precision`` (``fp32``, ``bf16`` or ``auto``, resolved for ``device``)."""
+    import torch
+
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")

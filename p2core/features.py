@@ -17,6 +17,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from p2core.checkpoint import load_checkpoint, save_checkpoint
 from p2core.errors import DataError
+from p2core.images import to_float
 from p2core.progress import progress_bar
 from p2core.seeding import derived_seed
 
@@ -62,7 +63,7 @@ class DomainClassifier(nn.Module):
 
 def _to_input(images_uint8: torch.Tensor, resolution: int) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float in [-1, 1] at the classifier's resolution."""
-    x = images_uint8.float() / 127.5 - 1.0
+    x = to_float(images_uint8, channels_last_input=False)
     if x.shape[-1] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
     return x
@@ -172,16 +173,3 @@ class DomainFeatureExtractor(FeatureExtractorBase):
         features = self.classifier.features(x)
         out = {str(FEATURE_DIM): features, "logits": self.classifier.head(features)}
         return tuple(out[name] for name in self.features_list)
-
-
-@torch.no_grad()
-def domain_distance(classifier: DomainClassifier, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """LPIPS-style distance with the classifier's stages: unit-normalise channels, mean squared difference per
-    stage, averaged over stages (no learned per-channel weights). ``a``, ``b`` float (B, C, H, W) in [-1, 1]; (B,)."""
-    total = 0.0
-    stages_a, stages_b = classifier.stages(a), classifier.stages(b)
-    for fa, fb in zip(stages_a, stages_b, strict=True):
-        fa = fa / (fa.norm(dim=1, keepdim=True) + 1e-10)
-        fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
-        total = total + (fa - fb).square().sum(dim=1).mean(dim=(1, 2))
-    return total / len(stages_a)

@@ -1,84 +1,338 @@
-"""Code fingerprints: a content hash of exactly the p2core modules a command-line step runs, read from the code.
+"""Code fingerprints: a content hash of exactly the p2core definitions a pipeline step can run, read from the code.
 
-The workflow passes ``command_fingerprint("train")`` as a rule parameter, so editing a module reruns every rule whose
-step imports it (directly or through other modules) and nothing else. The module set is the import closure, read
-with :mod:`ast` (no module is executed, torch is never imported: a no-op ``snakemake`` stays fast), starting from the
-p2core modules that the subcommand's ``cmd_*`` function in :mod:`p2core.cli` imports.
+The unit of rerun is a **top-level definition** (a function, a class with its methods, a module-level constant), not
+a file. Each rule of the workflow passes ``command_fingerprint(command, select)`` as a parameter, so editing a
+definition reruns every rule whose step can reach it and nothing else: a comment in a sampler reruns sampling, not
+training, although both import :mod:`p2core.diffusion`.
 
-Modules that cannot change a result are left out (:data:`RESULT_NEUTRAL`); every other p2core module counts.
+How the definitions a step can run are found (read with :mod:`ast`; nothing is executed and torch is never imported,
+so a no-op ``snakemake`` stays fast):
+
+* A step starts at the ``cmd_<command>`` and ``args_<command>`` functions of :mod:`p2core.cli` (what it calls, and
+  the options with their defaults).
+* A definition reaches every name it mentions that resolves to a p2core definition: a top-level name of its own
+  module, a name imported ``from p2core.x import y`` (at the top or inside a function), or ``x.y`` with
+  ``from p2core import x``. A module object used any other way, and ``globals()``, reach the whole module.
+* Reaching any definition of a module also reaches its import-time statements (imports, top-level calls); an
+  import statement reaches the imported module's import-time statements (not the names it imports: those count
+  where they are used).
+* A definition decorated with ``@register("name")`` (the registries of samplers, weightings, figures and tables) is
+  reached when the registry it is added to (the dict its decorator fills) is reached: a step that never looks a
+  sampler up never depends on one. ``select`` narrows a registry to the names a step uses, e.g.
+  ``{"sampling.register": ["ddim"]}`` for a DDIM job, so an edit to DPM-Solver++ reruns only DPM-Solver++ jobs.
+* Docstring-only and blank-line edits between definitions belong to no definition and rerun nothing; comments and
+  docstrings inside a definition count (conservative).
+
+Modules that cannot change a result are left out (:data:`RESULT_NEUTRAL`); every other p2core definition counts.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+MODULE_BODY = "<module>"  # the unit holding a module's import-time statements
 
 #: Modules whose edits cannot change any result file, with the reason.
 RESULT_NEUTRAL = {
     "__init__": "package docstring and version string",
     "__main__": "entry point calling cli.main",
-    "cli": "argument parsing only; every computation lives in the module it calls",
     "errors": "exception classes (error messages)",
     "progress": "progress bars",
     "lock": "who may write a folder, not what is written",
-    "runs": "reads run folders for `p2core runs`; training uses only its file name for run.json",
     "provenance": "metadata recorded beside a result (commit, versions, machine), never the result itself",
     "fingerprint": "hashes code for the DAG and for provenance records",
+    "trace": "records which definitions a step ran, for the rerun tests",
 }
+
+#: Definitions of counted modules that every command runs and that cannot change a result, with the reason.
+NEUTRAL_DEFINITIONS = {
+    "cli.main": "runs the chosen command with its parsed options (those are counted: cmd_* and args_*)",
+    "cli.build_parser": "registers the commands; each command's options are its own args_* function",
+}
+
+Ref = tuple[str, str | None]  # (module, top-level name), or (module, None) for the whole module
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One top-level definition: its source text (what is hashed), the p2core names it mentions, and its
+    registration ``("module.decorator", "name")`` when it is decorated with a registry's ``@register("name")``."""
+
+    module: str
+    name: str
+    kind: str  # "function", "class", "value" (a module-level assignment) or "body" (import-time statements)
+    source: str
+    refs: frozenset[Ref]
+    registration: tuple[str, str] | None = None
+
+
+class CodeGraph:
+    """The top-level definitions of a p2core package folder and what each mentions (parsed once per module)."""
+
+    def __init__(self, package_dir: str | Path = PACKAGE_DIR):
+        self.package_dir = Path(package_dir)
+        self._units: dict[str, dict[str, Unit]] = {}
+
+    def modules(self) -> list[str]:
+        return sorted(path.stem for path in self.package_dir.glob("*.py"))
+
+    def units(self, module: str) -> dict[str, Unit]:
+        """Top-level definitions of ``module`` by name (and :data:`MODULE_BODY`)."""
+        if module not in self._units:
+            self._units[module] = _parse_module(module, (self.package_dir / f"{module}.py").read_text(), self)
+        return self._units[module]
+
+    def bindings(self, module: str) -> dict[str, Ref]:
+        """Names ``module`` binds by top-level p2core imports (re-exports are followed through these)."""
+        tree = ast.parse((self.package_dir / f"{module}.py").read_text())
+        return _import_bindings(tree.body, self)
+
+    def is_module(self, name: str) -> bool:
+        return (self.package_dir / f"{name}.py").is_file()
+
+    def closure(self, entries: list[Ref], select: dict[str, list[str]] | None = None) -> set[tuple[str, str]]:
+        """Every (module, name) reachable from ``entries``, result-neutral modules left out.
+
+        A registered definition is reached once a reached definition other than its decorator mentions the registry
+        it is added to (the module-level container its decorator fills), and ``select`` names it where ``select``
+        names the registry. The decorators themselves run at import time: the module body reaches them."""
+        select = {registry: set(names) for registry, names in (select or {}).items()}
+        reached: set[tuple[str, str]] = set()
+        pending = list(entries)
+        while pending:
+            self._expand(pending, reached)
+            modules = {module for module, _ in reached}
+            registered = [unit for m in modules for unit in self.units(m).values() if unit.registration]
+            decorators = {tuple(unit.registration[0].split(".")) for unit in registered}
+            looked_up = {ref for m, n in reached if (m, n) not in decorators for ref in self.units(m)[n].refs}
+            pending = [
+                (unit.module, unit.name)
+                for unit in registered
+                if (unit.module, unit.name) not in reached
+                and _selected(unit, select)
+                and self._registry_containers(unit) & looked_up
+            ]
+        return reached
+
+    def _expand(self, pending: list[Ref], reached: set[tuple[str, str]]) -> None:
+        while pending:
+            module, name = pending.pop()
+            if module in RESULT_NEUTRAL or not self.is_module(module):
+                continue
+            units = self.units(module)
+            if name is None:
+                pending += [(module, n) for n, unit in units.items() if unit.registration is None]
+                continue
+            if (module, name) in reached:
+                continue
+            unit = units.get(name)
+            if unit is None:  # a name the module imports from another p2core module, or defines some other way
+                pending.append(self.bindings(module).get(name, (module, None)))
+                continue
+            reached.add((module, name))
+            pending += [*unit.refs, (module, MODULE_BODY)]
+
+    def _registry_containers(self, unit: Unit) -> set[tuple[str, str]]:
+        """The module-level values that ``unit``'s registering decorator writes to (its registry dict)."""
+        if unit.registration is None:
+            return set()
+        module, name = unit.registration[0].split(".")
+        decorator = self.units(module).get(name)
+        if decorator is None:
+            return set()
+        return {(m, n) for m, n in decorator.refs if m == module and n is not None and self.units(m)[n].kind == "value"}
+
+    def fingerprint(self, entries: list[Ref], select: dict[str, list[str]] | None = None) -> str:
+        """16 hex digits of SHA-256 over the names and source of every definition reachable from ``entries``."""
+        digest = hashlib.sha256()
+        for module, name in sorted(self.closure(entries, select)):
+            digest.update(f"{module}.{name}\0".encode() + self.units(module)[name].source.encode() + b"\0")
+        return digest.hexdigest()[:16]
+
+
+def _selected(unit: Unit, select: dict[str, set[str]]) -> bool:
+    """Whether a registered unit may be reached through its registry: always, unless ``select`` narrows it."""
+    if unit.registration is None:
+        return False
+    registry, name = unit.registration
+    return registry not in select or name in select[registry]
+
+
+def command_entries(command: str, graph: CodeGraph | None = None) -> list[Ref]:
+    """Where ``p2core <command>`` starts: its ``cmd_*`` and (if present) ``args_*`` functions in :mod:`p2core.cli`."""
+    graph = graph or _default_graph()
+    stem = command.replace("-", "_")
+    cli = graph.units("cli")
+    if f"cmd_{stem}" not in cli:
+        raise ValueError(f"p2core has no command {command!r} (no cmd_{stem} in cli.py)")
+    return [("cli", name) for name in (f"cmd_{stem}", f"args_{stem}") if name in cli]
+
+
+def command_units(command: str, select: dict[str, list[str]] | None = None, graph=None) -> set[tuple[str, str]]:
+    """The (module, definition) pairs a ``p2core <command>`` run can execute (see the module docstring)."""
+    graph = graph or _default_graph()
+    return graph.closure(command_entries(command, graph), select)
+
+
+def command_fingerprint(command: str, select: dict[str, list[str]] | None = None, graph=None) -> str:
+    """16 hex digits of SHA-256 over the definitions ``p2core <command>`` can run (registries narrowed to
+    ``select``)."""
+    graph = graph or _default_graph()
+    return graph.fingerprint(command_entries(command, graph), select)
 
 
 @cache
-def imported_modules(module: str) -> frozenset[str]:
-    """p2core modules (short names) that ``module``'s source imports anywhere, function bodies included."""
-    tree = ast.parse((PACKAGE_DIR / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        found.update(_p2core_names(node))
-    return frozenset(found)
+def _default_graph() -> CodeGraph:
+    return CodeGraph(PACKAGE_DIR)
 
 
-def _p2core_names(node: ast.AST) -> set[str]:
+# ------------------------------------------------------------------------------------------------ parsing
+def _parse_module(module: str, text: str, graph: CodeGraph) -> dict[str, Unit]:
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    body = [node for node in tree.body if not _is_main_guard(node)]  # a script's entry does not run on import
+    body = body[1:] if body and _is_docstring(body[0]) else body
+    top_names = _top_level_names(body)
+    bindings = _import_bindings(body, graph)
+    resolver = _Resolver(module, top_names, bindings, graph)
+    units: dict[str, Unit] = {}
+    import_time, import_time_refs = [], set()
+    for node in body:
+        source = "".join(lines[_first_line(node) - 1 : node.end_lineno])
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            registration = _registration(node, resolver)
+            kind = "class" if isinstance(node, ast.ClassDef) else "function"
+            units[node.name] = Unit(module, node.name, kind, source, frozenset(resolver.refs(node)), registration)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and _assigned_names(node):
+            refs = frozenset(resolver.refs(node.value)) if node.value is not None else frozenset()
+            for name in _assigned_names(node):
+                units[name] = Unit(module, name, "value", source, refs)
+        else:  # imports and statements run at import time
+            import_time.append(source)
+            import_time_refs |= resolver.refs(node)
+    decorators = {tuple(unit.registration[0].split(".")) for unit in units.values() if unit.registration}
+    units[MODULE_BODY] = Unit(
+        module, MODULE_BODY, "body", "".join(import_time), frozenset(import_time_refs | decorators)
+    )
+    return units
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":``"""
+    test = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+    )
+
+
+def _first_line(node: ast.stmt) -> int:
+    decorators = getattr(node, "decorator_list", [])
+    return min([node.lineno] + [d.lineno for d in decorators])
+
+
+def _assigned_names(node: ast.Assign | ast.AnnAssign) -> list[str]:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    names = [t.id for t in targets if isinstance(t, ast.Name)]
+    return names if len(names) == len(targets) else []
+
+
+def _top_level_names(body: list[ast.stmt]) -> set[str]:
+    names = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            names.update(_assigned_names(node))
+    return names
+
+
+def _import_bindings(nodes, graph: CodeGraph) -> dict[str, Ref]:
+    """Names bound by p2core imports among ``nodes`` (walked): ``name -> (module, attr)`` or ``(module, None)``."""
+    bindings: dict[str, Ref] = {}
+    for node in nodes:
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Import):
+                for alias in inner.names:
+                    if alias.name.startswith("p2core.") and alias.asname:
+                        bindings[alias.asname] = (alias.name.split(".")[1], None)
+            elif isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+                if inner.module == "p2core":  # from p2core import plots, tables
+                    for alias in inner.names:
+                        if graph.is_module(alias.name):
+                            bindings[alias.asname or alias.name] = (alias.name, None)
+                elif inner.module.startswith("p2core."):
+                    source = inner.module.split(".")[1]
+                    for alias in inner.names:
+                        bindings[alias.asname or alias.name] = (source, alias.name)
+    return bindings
+
+
+class _Resolver:
+    """Turns the names a definition mentions into p2core references."""
+
+    def __init__(self, module: str, top_names: set[str], bindings: dict[str, Ref], graph: CodeGraph):
+        self.module, self.top_names, self.bindings, self.graph = module, top_names, bindings, graph
+
+    def refs(self, node: ast.AST) -> set[Ref]:
+        bindings = {**self.bindings, **_import_bindings([node], self.graph)}  # imports inside function bodies too
+        found: set[Ref] = set()
+        attribute_bases = set()
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Attribute) and isinstance(inner.value, ast.Name):
+                target = bindings.get(inner.value.id)
+                if target is not None and target[1] is None:  # module.attr
+                    found.add((target[0], inner.attr))
+                    attribute_bases.add(id(inner.value))
+            found |= _imported_module_bodies(inner, self.graph)  # an import runs that module's import-time code
+        for inner in ast.walk(node):
+            if not isinstance(inner, ast.Name) or id(inner) in attribute_bases:
+                continue
+            if inner.id == "globals":
+                found.add((self.module, None))
+            elif inner.id in self.top_names:
+                found.add((self.module, inner.id))
+            elif inner.id in bindings:
+                found.add(bindings[inner.id])
+        return found
+
+
+def _imported_module_bodies(node: ast.AST, graph: CodeGraph) -> set[Ref]:
+    """The import-time units of the p2core modules an import statement imports."""
+    modules = []
     if isinstance(node, ast.Import):
-        return {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("p2core.")}
-    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        if node.module == "p2core":  # from p2core import plots, tables
-            return {alias.name for alias in node.names if (PACKAGE_DIR / f"{alias.name}.py").is_file()}
-        if node.module.startswith("p2core."):
-            return {node.module.split(".")[1]}
-    return set()
+        modules = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("p2core.")]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if node.module == "p2core":
+            modules = [alias.name for alias in node.names if graph.is_module(alias.name)]
+        elif node.module.startswith("p2core."):
+            modules = [node.module.split(".")[1]]
+    return {(module, MODULE_BODY) for module in modules}
 
 
-def import_closure(modules: set[str] | frozenset[str]) -> set[str]:
-    """``modules`` and every p2core module they import, transitively."""
-    closure, pending = set(), list(modules)
-    while pending:
-        module = pending.pop()
-        if module not in closure:
-            closure.add(module)
-            pending.extend(imported_modules(module))
-    return closure
-
-
-def command_modules(command: str) -> set[str]:
-    """The p2core modules a ``p2core <command>`` run depends on for its results (closure, neutral ones removed)."""
-    name = f"cmd_{command.replace('-', '_')}"
-    tree = ast.parse((PACKAGE_DIR / "cli.py").read_text())
-    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
-    if not functions:
-        raise ValueError(f"p2core has no command {command!r} (no {name} in cli.py)")
-    entry = set()
-    for node in ast.walk(functions[0]):
-        entry.update(_p2core_names(node))
-    return import_closure(entry) - set(RESULT_NEUTRAL)
-
-
-def command_fingerprint(*commands: str) -> str:
-    """16 hex digits of SHA-256 over the names and contents of the modules the ``commands`` depend on."""
-    digest = hashlib.sha256()
-    for module in sorted(set().union(*(command_modules(c) for c in commands))):
-        digest.update(module.encode() + b"\0" + (PACKAGE_DIR / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:16]
+def _registration(node, resolver: _Resolver) -> tuple[str, str] | None:
+    """``("module.register", "name")`` for a definition decorated with ``@register("name")`` of a p2core module."""
+    for decorator in node.decorator_list:
+        if (
+            isinstance(decorator, ast.Call)
+            and decorator.args
+            and isinstance(decorator.args[0], ast.Constant)
+            and isinstance(decorator.args[0].value, str)
+        ):
+            targets = resolver.refs(decorator.func)
+            if len(targets) == 1:
+                module, name = next(iter(targets))
+                if name is not None:
+                    return f"{module}.{name}", decorator.args[0].value
+    return None

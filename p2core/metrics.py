@@ -35,6 +35,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from p2core import clean_fid, provenance, scores
 from p2core.atomic import atomic_write
+from p2core.backends import (
+    CLEAN_FID,
+    CLEAN_FID_INCEPTION,
+    DOMAIN,
+    EXTRACTORS,
+    INCEPTION,
+    TORCH_FIDELITY,
+    check_backend,
+    reference_extractor,
+)
 from p2core.data import load_prepared
 from p2core.device import pick_device
 from p2core.errors import P2Error
@@ -42,7 +52,6 @@ from p2core.features import DomainFeatureExtractor
 from p2core.progress import progress_bar
 from p2core.shards import SampleShards
 from p2core.weights import (
-    ALEXNET_URL,
     CLEAN_FID_INCEPTION_URL,
     DEFAULT_WEIGHTS_DIR,
     INCEPTION_URL,
@@ -51,9 +60,6 @@ from p2core.weights import (
     verified_file,
 )
 
-INCEPTION = "inception-v3-compat"
-DOMAIN = "domain"
-EXTRACTORS = (INCEPTION, DOMAIN)
 RESIZE = {
     INCEPTION: "torch-fidelity: bilinear to 299x299 as TF 1.x resized (interpolate_bilinear_2d_like_tensorflow1x)",
     DOMAIN: "bilinear with antialiasing to the classifier's resolution (none when equal)",
@@ -95,9 +101,9 @@ def extractor_weights(
     """The extractor's weights file, verified (:mod:`p2core.weights`) before anything opens it.
 
     The domain network is this pipeline's own output: it is hashed and recorded, never "verified". ``extractor``
-    :data:`p2core.clean_fid.EXTRACTOR` is clean-fid's TorchScript Inception.
+    :data:`p2core.backends.CLEAN_FID_INCEPTION` is clean-fid's TorchScript Inception.
     """
-    if extractor == clean_fid.EXTRACTOR:
+    if extractor == CLEAN_FID_INCEPTION:
         return verified_file(CLEAN_FID_INCEPTION_URL, weights_dir, allow_unverified)
     if extractor == INCEPTION:
         return verified_file(INCEPTION_URL, weights_dir, allow_unverified)
@@ -137,10 +143,6 @@ def extract_features(
     return out
 
 
-TORCH_FIDELITY = "torch-fidelity"
-BACKENDS = (TORCH_FIDELITY, clean_fid.BACKEND)
-
-
 @dataclass(frozen=True)
 class Backend:
     """How one backend scores features: ``fid(mu1, sigma1, mu2, sigma2)``, ``kid(features1, features2, subset) ->
@@ -158,9 +160,7 @@ class Backend:
 
 SCORERS = {
     TORCH_FIDELITY: Backend(TORCH_FIDELITY, "n/a", scores.frechet_distance, scores.kid),
-    clean_fid.BACKEND: Backend(
-        clean_fid.BACKEND, clean_fid.MODE, clean_fid.fid, lambda a, b, subset: (clean_fid.kid(a, b), None)
-    ),
+    CLEAN_FID: Backend(CLEAN_FID, clean_fid.MODE, clean_fid.fid, lambda a, b, subset: (clean_fid.kid(a, b), None)),
 }
 
 
@@ -168,16 +168,18 @@ class _Extractor:
     """A backend's feature network loaded from a verified weights file: ``features(images) -> float32 (N, D)``."""
 
     def __init__(self, backend: str, extractor: str, weights: WeightsFile, device, progress: bool):
-        if backend not in BACKENDS:
-            raise P2Error(f"unknown metrics backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        try:
+            check_backend(backend)
+        except ValueError as error:
+            raise P2Error(str(error)) from None
         self.backend, self.extractor, self.weights = backend, extractor, weights
         self.device, self.progress = pick_device(device), progress
-        self.resize = clean_fid.RESIZE if backend == clean_fid.BACKEND else RESIZE[extractor]
-        if backend == clean_fid.BACKEND:
+        self.resize = clean_fid.RESIZE if backend == CLEAN_FID else RESIZE[extractor]
+        if backend == CLEAN_FID:
             self.model = clean_fid.load_network(weights.path, self.device)
 
     def features(self, images) -> np.ndarray:
-        if self.backend == clean_fid.BACKEND:
+        if self.backend == CLEAN_FID:
             return clean_fid.features(images, self.model, self.device, progress=self.progress)
         return extract_features(images, self.extractor, self.weights, self.device, progress=self.progress)
 
@@ -190,11 +192,11 @@ def write_reference(
     weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
     allow_unverified: bool = False,
     floor_size: int = 10_000,
-    kid_subset_size: int | None = None,
+    kid_subset_size: int | str | None = None,
     device: str = "auto",
     progress: bool = True,
     backend: str = TORCH_FIDELITY,
-    published: tuple[str, int, str] | None = None,
+    published: tuple[str, int, str] | str | None = None,
 ) -> dict:
     """Reference statistics of a prepared dataset for one backend: ``features`` (N, D) float32, ``mu``, ``sigma``
     (float64) and ``info`` (JSON: backend and mode, extractor, weights file with its SHA-256 and verification, resize,
@@ -207,9 +209,11 @@ def write_reference(
     written).
     """
     data = load_prepared(data_folder)
-    if published is not None and backend != clean_fid.BACKEND:
+    if isinstance(published, str):
+        published = clean_fid.parse_published(published)
+    if published is not None and backend != CLEAN_FID:
         raise P2Error(f"published statistics are clean-fid's; backend {backend} computes its own")
-    extractor = clean_fid.EXTRACTOR if backend == clean_fid.BACKEND else extractor
+    extractor = reference_extractor(backend, extractor)
     weights = extractor_weights(extractor, domain_weights, weights_dir, allow_unverified)
     network = _Extractor(backend, extractor, weights, device, progress)
     scorer = SCORERS[backend]
@@ -287,6 +291,7 @@ def _score(generated, reference: str | Path, kid_subset_size, device, progress) 
         "kid_mean": kid_mean,
         "kid_std": kid_std,
         **{k: info[k] for k in ("backend", "mode", "extractor", "extractor_weights", "extractor_weights_sha256")},
+        "backend_name": backend,
         "weights_verified": info["weights_verified"],
         "comparable_to_inception": info["extractor"] != DOMAIN and bool(info["weights_verified"]),
         "resize": info["resize"],
@@ -302,11 +307,23 @@ def _score(generated, reference: str | Path, kid_subset_size, device, progress) 
     return result, features, (ref_mu, ref_sigma)
 
 
+def parse_tags(pairs: list[str]) -> dict:
+    """``["seed=0", "objective=p2"]`` -> ``{"seed": 0, "objective": "p2"}`` (integers parsed): what a metrics JSON
+    records about the sample set it scores (read back by the tables)."""
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise P2Error(f"tag {pair!r} is not KEY=VALUE")
+        tags[key] = int(value) if value.lstrip("-").isdigit() else value
+    return tags
+
+
 def evaluate_samples(
     shard_paths: list[str | Path],
     references: list[str | Path] | str | Path,
     out: str | Path,
-    kid_subset_size: int | None = None,
+    kid_subset_size: int | str | None = None,
     bootstrap: int = 100,
     device: str = "auto",
     tags: dict | None = None,
@@ -344,29 +361,6 @@ def evaluate_samples(
     }
     write_json(out, result)
     return result
-
-
-def lpips_model(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, net: str = "alex", allow_unverified: bool = False):
-    """``(lpips.LPIPS, verified)``: AlexNet LPIPS with its backbone loaded from a local file checked by
-    :mod:`p2core.weights` (``verified`` False only with ``allow_unverified``); no download at run time.
-
-    The learned linear layers ship inside the ``lpips`` package; the AlexNet backbone comes from ``weights_dir``
-    or the torch hub cache (:mod:`p2core.weights`).
-    """
-    import lpips
-    import torchvision
-
-    if net != "alex":
-        raise P2Error(f"only the AlexNet LPIPS backbone is supported offline, got {net!r}")
-    backbone = verified_file(ALEXNET_URL, weights_dir, allow_unverified)
-    model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
-    alexnet = torchvision.models.alexnet()
-    alexnet.load_state_dict(torch.load(backbone.path, map_location="cpu", weights_only=True))
-    features = alexnet.features
-    for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
-        for name, layer in slice_.named_children():
-            layer.load_state_dict(features[int(name)].state_dict())
-    return model.eval().requires_grad_(False), backbone.verified
 
 
 def write_json(path: str | Path, content: dict) -> None:

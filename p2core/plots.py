@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -17,6 +19,7 @@ from p2core.grids import image_grid  # noqa: E402
 from p2core.schedule import make_betas  # noqa: E402
 from p2core.schedule import snr as snr_of
 from p2core.shards import SampleShards  # noqa: E402
+from p2core.trainlog import read_log  # noqa: E402
 from p2core.weighting import loss_weights, normalised, vlb_weights  # noqa: E402
 
 # SNR ranges of the paper's three stages
@@ -236,59 +239,93 @@ def training_curves(logs: dict[str, list[pd.DataFrame]], title: str, path: str |
     save_figure(fig, path)
 
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig7", "samples", "curves")
+FigureFn = Callable[[list[str], str | Path, "FigureOptions"], None]
+FIGURES: dict[str, FigureFn] = {}
 
 
-def draw(
-    which: str,
-    inputs: list[str],
-    out: str | Path,
-    title: str | None = None,
-    num_timesteps: int = 1000,
-    weightings: dict[str, tuple[str, dict]] | None = None,
-    grid_count: int = 36,
-) -> None:
-    """Draw figure ``which`` from its input files into ``out`` (PNG, PDF beside it).
+def register(name: str) -> Callable[[FigureFn], FigureFn]:
+    """Add a figure to the registry under ``name``: a function ``(inputs, out, options)`` drawing it from files."""
 
-    ``fig1``: the distance-vs-SNR CSV; ``fig2``: the reconstructions ``.npz``; ``fig3``: no inputs, ``weightings``
-    ``{label: (name, params)}`` over ``num_timesteps``; ``fig4``, ``fig7``: metrics JSON files; ``samples``:
-    ``LABEL=SHARD.npz`` items (several per label for a sharded set), one panel of ``grid_count`` images per label;
-    ``curves``: ``LABEL=train.csv`` items (one per seed), see :func:`training_curves`.
+    def add(fn: FigureFn) -> FigureFn:
+        FIGURES[name] = fn
+        return fn
+
+    return add
+
+
+@dataclass
+class FigureOptions:
+    """What some figures take besides their input files: ``title``; Figure 3's ``weightings``
+    ``{label: (name, params)}`` over ``num_timesteps``; the images per panel of the sample figure."""
+
+    title: str | None = None
+    num_timesteps: int = 1000
+    weightings: dict[str, tuple[str, dict]] | None = None
+    grid_count: int = 36
+
+
+def draw(which: str, inputs: list[str], out: str | Path, options: FigureOptions | None = None) -> None:
+    """Draw figure ``which`` (a name in :data:`FIGURES`) from its input files into ``out`` (PNG, PDF beside it).
+
+    ``fig1``: the distance-vs-SNR CSV; ``fig2``: the reconstructions ``.npz``; ``fig3``: no inputs;
+    ``fig4``, ``fig7``: metrics JSON files; ``samples``: ``LABEL=SHARD.npz`` items (several per label for a sharded
+    set), one panel of ``grid_count`` images per label; ``curves``: ``LABEL=train.csv`` items (one per seed), see
+    :func:`training_curves`.
     """
-    _draw(which, inputs, out, title, num_timesteps, weightings, grid_count)
+    if which not in FIGURES:
+        raise P2Error(f"unknown figure {which!r}; choose one of {', '.join(FIGURES)}")
+    FIGURES[which](list(inputs), out, options or FigureOptions())
     provenance.write_sidecar(out, {"inputs": list(inputs), "pdf": str(Path(out).with_suffix(".pdf"))})
 
 
-def _draw(which, inputs, out, title, num_timesteps, weightings, grid_count) -> None:
-    if which == "fig1":
-        table = pd.read_csv(inputs[0])
-        figure1(table, table["distance"].iloc[0], table["dataset"].iloc[0], out)
-    elif which == "fig2":
-        with np.load(inputs[0]) as arrays:
-            figure2(
-                arrays["noisy"],
-                arrays["predicted"],
-                arrays["timesteps"].tolist(),
-                arrays["snr"].tolist(),
-                title or "Fig. 2: reconstructions x0_hat from x_t",
-                out,
-            )
-    elif which == "fig3":
-        figure3(num_timesteps, weightings or {"baseline": ("uniform", {})}, out)
-    elif which == "fig4":
-        table = tables.fid_during_training(tables.collect(inputs))
-        figure4(table, table["extractor"].iloc[0], out)
-    elif which == "fig7":
-        rows = tables.figure7_rows(tables.collect(inputs))
-        figure7(rows, rows["extractor"].iloc[0], out)
-    elif which == "samples":
-        grids = {label: image_grid(SampleShards(paths).head(grid_count)) for label, paths in _labelled(inputs).items()}
-        sample_comparison(grids, title or "samples", out)
-    elif which == "curves":
-        logs = {label: [pd.read_csv(path) for path in paths] for label, paths in _labelled(inputs).items()}
-        training_curves(logs, title or "training loss by quarter of t", out)
-    else:
-        raise ValueError(f"unknown figure {which!r}; choose one of {', '.join(FIGURES)}")
+@register("fig1")
+def _fig1(inputs, out, options) -> None:
+    table = pd.read_csv(inputs[0])
+    figure1(table, table["distance"].iloc[0], table["dataset"].iloc[0], out)
+
+
+@register("fig2")
+def _fig2(inputs, out, options) -> None:
+    with np.load(inputs[0]) as arrays:
+        figure2(
+            arrays["noisy"],
+            arrays["predicted"],
+            arrays["timesteps"].tolist(),
+            arrays["snr"].tolist(),
+            options.title or "Fig. 2: reconstructions x0_hat from x_t",
+            out,
+        )
+
+
+@register("fig3")
+def _fig3(inputs, out, options) -> None:
+    figure3(options.num_timesteps, options.weightings or {"baseline": ("uniform", {})}, out)
+
+
+@register("fig4")
+def _fig4(inputs, out, options) -> None:
+    table = tables.fid_during_training(tables.collect(inputs))
+    figure4(table, table["extractor"].iloc[0], out)
+
+
+@register("fig7")
+def _fig7(inputs, out, options) -> None:
+    rows = tables.figure7_rows(tables.collect(inputs))
+    figure7(rows, rows["extractor"].iloc[0], out)
+
+
+@register("samples")
+def _samples(inputs, out, options) -> None:
+    grids = {
+        label: image_grid(SampleShards(paths).head(options.grid_count)) for label, paths in _labelled(inputs).items()
+    }
+    sample_comparison(grids, options.title or "samples", out)
+
+
+@register("curves")
+def _curves(inputs, out, options) -> None:
+    logs = {label: [read_log(path) for path in paths] for label, paths in _labelled(inputs).items()}
+    training_curves(logs, options.title or "training loss by quarter of t", out)
 
 
 def _labelled(inputs: list[str]) -> dict[str, list[str]]:

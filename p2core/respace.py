@@ -1,10 +1,16 @@
-"""Respacing: a sampler with fewer steps runs on a subset of the training timesteps (ADM semantics)."""
+"""Respacing: a sampler with fewer steps runs on a subset of the training timesteps (ADM semantics), and the one
+grammar of sampler names (``ddpm250``, ``ddim25``, ``dpmpp2m20``, ``ddpm10,10,10``) that the CLI, the config check and
+the Snakefile's wildcard all read from here. Torch-free: the workflow imports it."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m")  # ancestral, DDIM and DPM-Solver++(2M), all run on a respaced process
+#: A sampler name: a kind, then nothing (every step), a step count, or comma-separated section counts.
+SAMPLER_PATTERN = rf"(?:{'|'.join(SAMPLERS)})(?:\d+(?:,\d+)*)?"
 
 
 def space_timesteps(
@@ -106,7 +112,7 @@ def respaced_betas(alphas_cumprod: np.ndarray, kept_timesteps: set[int]) -> tupl
 
 
 def parse_sampler(name: str) -> tuple[str, str]:
-    """Split a sampler name into ``(kind, respacing spec)``.
+    """Split a sampler name (:data:`SAMPLER_PATTERN`) into ``(kind, respacing spec)``.
 
     ``"ddpm250"`` -> ancestral on 250 evenly spaced steps; ``"ddpm10,10,10"`` -> ancestral on sections;
     ``"ddim25"`` -> DDIM (eta 0) on ADM's stride spacing with exactly 25 steps; ``"ddim10,20"`` -> DDIM on sections;
@@ -114,18 +120,18 @@ def parse_sampler(name: str) -> tuple[str, str]:
     ``"dpmpp2m10,10"`` -> DPM-Solver++(2M) on ADM sections;
     a bare ``"ddpm"``/``"ddim"``/``"dpmpp2m"`` uses every step.
     """
-    for kind in SAMPLERS:
-        if name.startswith(kind):
-            spec = name[len(kind) :]
-            if kind == "ddim" and spec.isdigit():
-                spec = f"ddim{spec}"
-            if kind == "dpmpp2m" and spec.isdigit():
-                spec = f"logsnr{spec}"
-            return kind, spec
-    raise ValueError(
-        f"bad sampler name {name!r}: expected 'ddpm<spec>', 'ddim<spec>' or 'dpmpp2m<spec>', e.g. ddpm250, ddim25, "
-        "dpmpp2m20"
-    )
+    if re.fullmatch(SAMPLER_PATTERN, name) is None:
+        raise ValueError(
+            f"bad sampler name {name!r}: expected a kind ({', '.join(SAMPLERS)}) followed by a step count or "
+            "comma-separated section counts, e.g. ddpm250, ddim25, dpmpp2m20, ddpm10,10,10"
+        )
+    kind = next(kind for kind in SAMPLERS if name.startswith(kind))  # no kind is a prefix of another
+    spec = name[len(kind) :]
+    if spec.isdigit() and kind == "ddim":
+        spec = f"ddim{spec}"
+    if spec.isdigit() and kind == "dpmpp2m":
+        spec = f"logsnr{spec}"
+    return kind, spec
 
 
 def sampler_steps(name: str, num_timesteps: int) -> int:

@@ -10,7 +10,6 @@ process holds ``.train.lock``), ``stopped`` (none of these: preempted, killed, o
 
 from __future__ import annotations
 
-import collections
 import csv
 import io
 import json
@@ -19,9 +18,10 @@ from pathlib import Path
 
 from p2core import provenance
 from p2core.atomic import atomic_write_text
+from p2core.errors import P2Error
 from p2core.lock import FileLock
+from p2core.trainlog import LOG_FILE, RUN_FILE, last_row
 
-RUN_FILE = "run.json"
 COLUMNS = ("run", "weighting", "seed", "step", "steps", "loss", "img_per_s", "eta_s", "state", "host")
 PROVENANCE_COLUMNS = ("device", "precision", "git_commit", "git_dirty", "code_fingerprint")
 
@@ -32,12 +32,18 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(path.parent for path in root.rglob(RUN_FILE))
 
 
-def _last_row(log: Path) -> dict | None:
-    if not log.exists():
-        return None
-    with open(log, newline="") as handle:
-        rows = collections.deque(csv.DictReader(handle), maxlen=1)  # streamed: only the last row is kept
-    return rows[0] if rows else None
+def report_runs(folders: list[str | Path], csv_path: str | Path | None = None, as_json: bool = False) -> str:
+    """The status of the runs in ``folders`` (each a run folder, or searched for them; the workflow names its runs
+    exactly) as a text table or JSON; with ``csv_path`` also written there with the provenance columns."""
+    statuses = []
+    for folder in map(Path, folders):
+        runs = [folder] if (folder / RUN_FILE).is_file() else find_runs(folder)
+        statuses += [run_status(run, None if run == folder else folder) for run in runs]
+    if not statuses:
+        raise P2Error(f"no training runs (folders with {RUN_FILE}) in {', '.join(map(str, folders))}")
+    if csv_path:
+        write_csv(statuses, csv_path)
+    return json.dumps(statuses, indent=2) if as_json else format_table(statuses)
 
 
 def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
@@ -46,7 +52,7 @@ def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
     folder = Path(folder)
     info = json.loads((folder / RUN_FILE).read_text())
     spec, origin = info["spec"], info.get("provenance", {})
-    last = _last_row(folder / "train.csv") or {}
+    last = last_row(folder / LOG_FILE) or {}
     step = int(last.get("step", 0))
     loss = float(last["loss"]) if last else math.nan
     speed = float(last["img_per_s"]) if last else math.nan

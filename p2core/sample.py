@@ -11,17 +11,13 @@ import torch
 from p2core import provenance
 from p2core.device import autocast, pick_device, resolve_precision
 from p2core.errors import P2Error
+from p2core.images import to_uint8
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
-from p2core.respace import parse_sampler
 from p2core.restore import load_ema_model
+from p2core.sampling import for_sampler, sample
 from p2core.seeding import generator
 from p2core.shards import save_shard
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Images in [-1, 1], (B, C, H, W) -> uint8 (B, H, W, C)."""
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.inference_mode()
@@ -48,8 +44,7 @@ def generate(
         raise P2Error(f"need num_samples >= 1 and start >= 0, got {num_samples} and {start}")
     device = pick_device(device)
     model, diffusion, state = load_ema_model(checkpoint, device)
-    kind, spec = parse_sampler(sampler)
-    process = diffusion.respaced(spec) if spec else diffusion
+    kind, process = for_sampler(diffusion, sampler)
     geometry = state["spec"]["model"]
     channels, size = geometry["in_channels"], geometry["image_size"]
     mixed_precision = autocast(precision, device)
@@ -64,7 +59,8 @@ def generate(
         numbers = range(first, min(first + batch_size, start + num_samples))
         generators = [generator(seed, "sample", i, device=device) for i in numbers]
         with mixed_precision:
-            x = process.sample(
+            x = sample(
+                process,
                 model,
                 (len(numbers), channels, size, size),
                 kind,

@@ -48,9 +48,21 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(fid_statistics_to_metric(stats[0], stats[1], verbose=False)["frechet_inception_distance"])
 
 
-def kid_subset_size(requested: int | None, n_generated: int, n_reference: int) -> int:
-    """The KID subset size: ``requested``, or ``min(1000, smaller set)`` when None; it must fit both sets."""
+def parse_kid_subset(value: int | str | None) -> int | None:
+    """A configured KID subset size: an integer (or its text), or ``auto``/None for ``min(1000, smaller set)``."""
+    if value is None or value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise P2Error(f"kid_subset_size: expected an integer or 'auto', got {value!r}") from None
+
+
+def kid_subset_size(requested: int | str | None, n_generated: int, n_reference: int) -> int:
+    """The KID subset size: ``requested``, or ``min(1000, smaller set)`` when None or ``auto``; it must fit both
+    sets."""
     smaller = min(n_generated, n_reference)
+    requested = parse_kid_subset(requested)
     size = min(KID_SUBSET_CAP, smaller) if requested is None else requested
     if size < 2:
         raise P2Error(f"kid_subset_size must be >= 2, got {size}")
@@ -93,7 +105,9 @@ def check_not_degenerate(mu: np.ndarray, sigma: np.ndarray, count: int, what: st
     return {"total_variance": total_variance, "relative_variance": relative}
 
 
-def noise_floor(features: np.ndarray, size: int, kid_subset: int | None, seed: int = 0, fid=None, kid_fn=None) -> dict:
+def noise_floor(
+    features: np.ndarray, size: int, kid_subset: int | str | None, seed: int = 0, fid=None, kid_fn=None
+) -> dict:
     """FID and KID of ``size`` random real images (at most half the set) against all the other real images: what
     "no difference" scores when ``size`` generated images are compared with the reference set.
 
@@ -107,6 +121,7 @@ def noise_floor(features: np.ndarray, size: int, kid_subset: int | None, seed: i
     chosen = np.zeros(len(features), bool)
     chosen[np.random.default_rng(seed).choice(len(features), size, replace=False)] = True
     first, rest = features[chosen], features[~chosen]
+    kid_subset = parse_kid_subset(kid_subset)
     subset = kid_subset_size(None if kid_subset is None else min(kid_subset, size), size, len(rest))
     kid_mean, kid_std = kid_fn(first, rest, subset)
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -11,10 +12,11 @@ import scipy.stats
 
 from p2core import provenance
 from p2core.atomic import atomic_write_text
+from p2core.backends import BACKENDS, column_prefix
+from p2core.errors import P2Error
 from p2core.respace import parse_sampler, sampler_steps
 
 LITERATURE_COLUMNS = ("model", "dataset", "fid", "source")
-BACKEND_COLUMNS = ("clean_fid", "torch_fidelity")  # column prefixes of the metrics backends (p2core.metrics.BACKENDS)
 
 
 def collect(paths: list[str | Path]) -> pd.DataFrame:
@@ -26,7 +28,7 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
         content = json.loads(Path(path).read_text())
         floor = content.get("noise_floor") or {}
         per_backend = {
-            f"{_column(b['backend'])}_{metric}": b[key]
+            f"{column_prefix(b['backend_name'])}_{metric}": b[key]
             for b in content.get("backends", [])
             for metric, key in (("fid", "fid"), ("kid", "kid_mean"))
         }
@@ -39,11 +41,6 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def _column(backend: str) -> str:
-    """``"clean-fid 0.1.35"`` -> ``"clean_fid"``: a backend's column prefix."""
-    return backend.split()[0].replace("-", "_")
 
 
 def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -64,7 +61,7 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for column in ("noise_floor_fid", "backend", "weights_verified", "comparable_to_inception"):
         if column in table:
             out[column] = grouped[column].first().values
-    backends = [prefix for prefix in BACKEND_COLUMNS if f"{prefix}_fid" in table]
+    backends = [column_prefix(name) for name in BACKENDS if f"{column_prefix(name)}_fid" in table]
     if len(backends) > 1:  # several backends: each one's mean over seeds
         for column in (f"{prefix}_{metric}" for prefix in backends for metric in ("fid", "kid")):
             out[f"{column}_mean"] = grouped[column].mean().values
@@ -223,7 +220,18 @@ def figure7_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.merge(sweep, on="sampler")
 
 
-TABLES = ("table1", "table2", "table3", "table4", "summary")
+TableFn = Callable[[list[str | Path], str | Path, str | Path | None, str | Path | None], pd.DataFrame]
+TABLES: dict[str, TableFn] = {}
+
+
+def register(name: str) -> Callable[[TableFn], TableFn]:
+    """Add a table to the registry under ``name``: ``(inputs, out, literature, markdown) -> table`` writes it."""
+
+    def add(fn: TableFn) -> TableFn:
+        TABLES[name] = fn
+        return fn
+
+    return add
 
 
 def write_table(
@@ -233,29 +241,54 @@ def write_table(
     literature: str | Path | None = None,
     markdown: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Build table ``which`` from metrics JSON files (``table2``: from the Table 1 CSV and an optional literature
-    CSV) and write it as CSV to ``out`` (and as Markdown to ``markdown``). ``summary``: the claims (:func:`claims`)
-    that the given table CSVs (``table1.csv``, ...) and final-checkpoint metrics JSON (Figure 4's runs) test, as
-    Markdown to ``out``."""
-    if which == "summary":
-        tables = {Path(path).stem: pd.read_csv(path) for path in inputs if Path(path).suffix == ".csv"}
-        training = [path for path in inputs if Path(path).suffix == ".json"]
-        table = claims(tables, collect(training) if training else None)
-        atomic_write_text(out, summary_markdown(table))
-        provenance.write_sidecar(out, {"aggregates": [str(path) for path in inputs]})
-        return table
-    if which == "table2":
-        table = table2(pd.read_csv(inputs[0]), pd.read_csv(literature) if literature else None)
-    elif which in TABLES:
-        table = globals()[which](collect(inputs))
-    else:
-        raise ValueError(f"unknown table {which!r}; choose one of {', '.join(TABLES)}")
+    """Build table ``which`` (a name in :data:`TABLES`) from metrics JSON files (``table2``: from the Table 1 CSV and
+    an optional literature CSV) and write it as CSV to ``out`` (and as Markdown to ``markdown``). ``summary``: the
+    claims (:func:`claims`) that the given table CSVs (``table1.csv``, ...) and final-checkpoint metrics JSON
+    (Figure 4's runs) test, as Markdown to ``out``."""
+    if which not in TABLES:
+        raise P2Error(f"unknown table {which!r}; choose one of {', '.join(TABLES)}")
+    return TABLES[which](list(inputs), out, literature, markdown)
+
+
+def _write(table: pd.DataFrame, sources: list, out: str | Path, markdown: str | Path | None) -> pd.DataFrame:
+    """A table as CSV (and Markdown), each with a provenance sidecar listing the files it aggregates."""
     atomic_write_text(out, table.to_csv(index=False))
-    aggregates = {"aggregates": [_source(path) for path in ([*inputs, literature] if literature else inputs)]}
+    aggregates = {"aggregates": [_source(path) for path in sources]}
     provenance.write_sidecar(out, aggregates)
     if markdown:
         atomic_write_text(markdown, to_markdown(table))
         provenance.write_sidecar(markdown, aggregates)
+    return table
+
+
+@register("table1")
+def _table1(inputs, out, literature, markdown) -> pd.DataFrame:
+    return _write(table1(collect(inputs)), inputs, out, markdown)
+
+
+@register("table2")
+def _table2(inputs, out, literature, markdown) -> pd.DataFrame:
+    table = table2(pd.read_csv(inputs[0]), pd.read_csv(literature) if literature else None)
+    return _write(table, [*inputs, literature] if literature else inputs, out, markdown)
+
+
+@register("table3")
+def _table3(inputs, out, literature, markdown) -> pd.DataFrame:
+    return _write(table3(collect(inputs)), inputs, out, markdown)
+
+
+@register("table4")
+def _table4(inputs, out, literature, markdown) -> pd.DataFrame:
+    return _write(table4(collect(inputs)), inputs, out, markdown)
+
+
+@register("summary")
+def _summary_claims(inputs, out, literature, markdown) -> pd.DataFrame:
+    tables = {Path(path).stem: pd.read_csv(path) for path in inputs if Path(path).suffix == ".csv"}
+    training = [path for path in inputs if Path(path).suffix == ".json"]
+    table = claims(tables, collect(training) if training else None)
+    atomic_write_text(out, summary_markdown(table))
+    provenance.write_sidecar(out, {"aggregates": [str(path) for path in inputs]})
     return table
 
 

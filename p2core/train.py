@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import dataclasses
-import io
 import json
 import signal
 import socket
@@ -31,19 +29,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from p2core import provenance
-from p2core.atomic import atomic_write, atomic_write_text
+from p2core.atomic import atomic_write_text
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from p2core.data import TrainingBatches, load_prepared
+from p2core.data import load_prepared
 from p2core.device import PRECISIONS, autocast, pick_device, resolve_precision
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
+from p2core.loader import TrainingBatches
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
 from p2core.restore import build
-from p2core.runs import RUN_FILE
 from p2core.seeding import derived_seed, generator
-
-LOG_COLUMNS = ("step", "loss", "mse", "vb", "mse_unweighted", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "img_per_s")
+from p2core.trainlog import LOG_COLUMNS, LOG_FILE, RUN_FILE, append_row, truncate_after
 
 
 @dataclass
@@ -103,8 +100,8 @@ class TrainSpec:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if any(not 0 < s <= self.steps for s in self.snapshot_steps):
-            problems.append(f"snapshot_steps must lie in 1..steps={self.steps}")
+        if any(not 0 < s < self.steps for s in self.snapshot_steps):  # a snapshot at the last step is ema.pt
+            problems.append(f"snapshot_steps must lie in 1..{self.steps - 1} (below steps={self.steps})")
         if problems:
             raise P2Error("bad training spec: " + "; ".join(problems))
         self.snapshot_steps = sorted(int(s) for s in self.snapshot_steps)
@@ -136,6 +133,28 @@ class TrainSpec:
                 raise P2Error(f"model {key}={kwargs[key]} but the dataset has {actual}")
         kwargs.setdefault("learn_sigma", self.diffusion.get("learn_sigma", True))
         return kwargs
+
+
+def load_spec(text: str) -> dict:
+    """A training spec (for :meth:`TrainSpec.from_dict`) given inline as JSON/YAML text, or as a JSON/YAML file."""
+    import yaml
+
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise P2Error(f"spec file {path} does not exist (give a path, or inline JSON starting with '{{')")
+        text = path.read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    try:
+        value = yaml.safe_load(text) if value is None else value
+    except yaml.YAMLError as exc:
+        raise P2Error(f"spec is neither a readable file nor valid JSON/YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(value, dict):
+        raise P2Error("spec must be a mapping (JSON object or YAML dict)")
+    return value
 
 
 class _StopFlag:
@@ -232,7 +251,7 @@ class _Run:
         self.start = _resume(out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
         if ranks.is_main:
             _write_run_file(out_dir, self.resolved, device, ranks)
-            _truncate_log(out_dir / "train.csv", self.start)
+            truncate_after(out_dir / LOG_FILE, self.start)
             if self.start:
                 print(f"resuming from the checkpoint of step {self.start}", flush=True)
         cuda_ids = [device.index] if device.type == "cuda" else None
@@ -272,7 +291,7 @@ class _Run:
         """Close a log interval: a ``train.csv`` row (all ranks' samples), stopping on a non-finite loss."""
         row = self.stats.flush(done)
         if self.ranks.is_main:
-            _append_log(self.out_dir / "train.csv", row)  # a non-finite row too: `p2core runs` reports "diverged"
+            append_row(self.out_dir / LOG_FILE, row)  # a non-finite row too: `p2core runs` reports "diverged"
         _check_finite(row, self.out_dir, done)
         return row
 
@@ -436,25 +455,3 @@ def _check_finite_weights(model: torch.nn.Module, out_dir: Path, step: int) -> N
 
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
-
-
-def _append_log(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row[k] for k in LOG_COLUMNS})
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (atomic rewrite)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=LOG_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda handle: handle.write(text.getvalue().encode()))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2core.data import prepare_embedded
+from p2core.prepare import prepare_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -130,10 +130,10 @@ def make_workspace(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """A copy of the repo where the tiny config has been built to every artifact. Every job runs with
-    PYTHONPROFILEIMPORTTIME, so its log lists the modules its process really imported."""
+    PYTHONPROFILEIMPORTTIME and P2CORE_TRACE_DEFINITIONS, so its log lists the modules its process really imported
+    and the p2core definitions it really ran (the oracles of the rerun tests)."""
     workdir = make_workspace(tmp_path_factory.mktemp("dag"))
-    result = snakemake(
-        workdir, "--cores", "2", "--configfile", "config/test.yaml", env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
-    )
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "P2CORE_TRACE_DEFINITIONS": "1"}
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

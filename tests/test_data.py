@@ -7,16 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from p2core.data import (
-    TrainingBatches,
-    center_crop_resize,
-    digits,
-    load_prepared,
-    prepare_embedded,
-    prepare_folder,
-    save_prepared,
-)
+from p2core.data import load_prepared, save_prepared
 from p2core.errors import DataError, DiskFull
+from p2core.loader import TrainingBatches
+from p2core.prepare import center_crop_resize, digits, prepare_embedded, prepare_folder
 from p2core.seeding import generator
 
 

@@ -11,16 +11,17 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from p2core import clean_fid, metrics, scores
 from p2core.checkpoint import save_checkpoint
 from p2core.cli import main
-from p2core.data import array_sha256, digits, load_prepared
+from p2core.data import array_sha256, load_prepared
+from p2core.distances import domain_distance, lpips_model
 from p2core.errors import P2Error
 from p2core.features import (
     DomainClassifier,
     DomainFeatureExtractor,
-    domain_distance,
     load_domain_classifier,
     train_domain_classifier,
 )
-from p2core.metrics import evaluate_samples, lpips_model, write_reference
+from p2core.metrics import evaluate_samples, write_reference
+from p2core.prepare import digits
 from p2core.shards import save_shard
 from p2core.weights import LOCK_FILE, clean_fid_statistics_urls, file_name, file_sha256, locate, prefetch, verify
 

@@ -108,8 +108,13 @@ def test_several_backends_get_their_own_columns(tmp_path):
             "fid": clean,
             "kid_mean": 0.1,
             "backends": [
-                {"backend": "clean-fid 0.1.35", "fid": clean, "kid_mean": 0.1},
-                {"backend": "torch-fidelity 0.4.0", "fid": torch_fidelity, "kid_mean": 0.2},
+                {"backend": "clean-fid 0.1.35", "backend_name": "clean-fid", "fid": clean, "kid_mean": 0.1},
+                {
+                    "backend": "torch-fidelity 0.4.0",
+                    "backend_name": "torch-fidelity",
+                    "fid": torch_fidelity,
+                    "kid_mean": 0.2,
+                },
             ],
             "tags": {"dataset": "d", "objective": "baseline", "seed": seed},
             "extractor": "inception-torchscript",

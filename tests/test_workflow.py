@@ -1,4 +1,4 @@
-"""The Snakemake DAG end to end on the tiny config, its rerun semantics, config errors, lint and the paper DAG."""
+"""The Snakemake DAG end to end on the tiny config, config errors, lint and the paper DAG (reruns: test_reruns.py)."""
 
 import csv
 import json
@@ -85,65 +85,6 @@ def test_second_run_does_nothing(built):
     assert result.returncode == 0 and planned_rules(result) == set()
 
 
-def test_plotting_edit_redraws_only_the_figures(built):
-    path = built / "p2core" / "plots.py"
-    original = path.read_text()
-    try:
-        path.write_text(original + "\n# an edit\n")
-        result = snakemake(built, "-n", "--configfile", "config/test.yaml")
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert planned_rules(result) == {
-            "figure1",
-            "figure2",
-            "figure3",
-            "figure4",
-            "figure7",
-            "sample_figure",
-            "training_curves",
-            "all",
-        }
-    finally:
-        path.write_text(original)
-
-
-def imported_by_rule(workdir: Path) -> dict[str, set[str]]:
-    """p2core modules each rule's jobs imported when they ran (from the import-time lines in the job logs)."""
-    found = {}
-    for log in (workdir / "logs").rglob("*.log"):
-        rule = log.relative_to(workdir / "logs").parts[0]
-        modules = re.findall(r"^import time:.*\|\s*p2core\.(\w+)\s*$", log.read_text(), re.M)
-        found.setdefault(rule, set()).update(modules)
-    return found
-
-
-def rules_with_changed_params(workdir: Path) -> set[str]:
-    """Rules with an output whose recorded parameters (code fingerprints among them) differ from the current ones,
-    from snakemake's detailed summary (per output file, so not masked by upstream jobs that rerun anyway)."""
-    result = snakemake(workdir, "--configfile", "config/test.yaml", "--detailed-summary")
-    rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert result.returncode == 0 and rows and rows[0][2] == "rule" and rows[0][6] == "status", result.stderr[-2000:]
-    return {row[2] for row in rows[1:] if row[6] == "params changed"}
-
-
-def test_every_module_edit_reruns_exactly_the_rules_whose_step_imports_it(built):
-    """For each p2core module: the rules planned for changed code are exactly those whose jobs imported the module
-    when they ran (the empty set for the documented result-neutral modules)."""
-    from p2core.fingerprint import RESULT_NEUTRAL
-
-    imports = imported_by_rule(built)
-    assert {"train", "sample", "evaluate", "figure1", "table1"} <= set(imports) and "data" in imports["train"]
-    for path in sorted((built / "p2core").glob("*.py")):
-        module = path.stem
-        expected = set() if module in RESULT_NEUTRAL else {rule for rule, used in imports.items() if module in used}
-        original = path.read_text()
-        try:
-            path.write_text(original + "\n# an edit\n")
-            changed = rules_with_changed_params(built)
-        finally:
-            path.write_text(original)
-        assert changed == expected, module
-
-
 def write_config(workdir: Path, change) -> str:
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     change(config)
@@ -169,6 +110,12 @@ def write_config(workdir: Path, change) -> str:
             "objectives.p2: weighting 'p2' takes parameters ['gamma', 'k']; got unknown beta",
         ),
         (lambda c: c["table4"].update(samplers=["ddim3", "euler5"]), "table4.samplers: bad sampler name 'euler5'"),
+        (lambda c: c["table4"].update(samplers=["ddimlogsnr20"]), "table4.samplers: bad sampler name 'ddimlogsnr20'"),
+        (
+            lambda c: c["evaluation"].update(backends=["pytorch-fid"]),
+            "evaluation.backends: unknown backend 'pytorch-fid'; choose one of torch-fidelity, clean-fid",
+        ),
+        (lambda c: c["sampling"].update(precision="fp16"), "sampling.precision: unknown precision 'fp16'"),
         (lambda c: c["train"]["resources"].update(gpus=-1), "train.resources.gpus: -1 is less than the minimum of 0"),
         (
             lambda c: c["datasets"]["digits"].update(

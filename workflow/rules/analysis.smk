@@ -20,7 +20,7 @@ rule distance_vs_snr:
         pairs=section("figure1")["pairs"],
         weights_dir=config["weights_dir"],
         unverified="--allow-unverified-weights" if config["evaluation"]["allow_unverified_weights"] else "",
-        code=CODE["distance-vs-snr"],
+        code=code("distance_vs_snr"),
     shell:
         "python -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
         " --weights-dir {params.weights_dir} {params.unverified} --schedule {params.schedule}"
@@ -45,7 +45,7 @@ rule reconstructions:
         data=lambda w: f"results/data/{section('figure2')['dataset']}",
         images=section("figure2")["images"],
         points=section("figure2")["points"],
-        code=CODE["reconstruct"],
+        code=reconstruction_code,
     shell:
         "python -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
         " --points {params.points} --out {output} > {log} 2>&1"

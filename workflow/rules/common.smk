@@ -1,155 +1,28 @@
-"""Config validation, wildcard constraints, per-run settings, target lists and code fingerprints."""
+"""Paths, per-run settings, target lists and the code fingerprint of every job; the config check itself is
+workflow/config_check.py, the rule -> command table workflow/steps.py."""
 
-import copy
 import json
 import math
 import shlex
 import sys
 from pathlib import Path
 
-import jsonschema
-import numpy as np
-import yaml
 from snakemake.settings.types import DeploymentMethod
 
 ROOT = Path(workflow.basedir).parent
-sys.path.insert(0, str(ROOT))
-# these p2core modules import numpy only, no torch: a no-op run stays fast
-from p2core.fingerprint import command_fingerprint  # noqa: E402
-from p2core.respace import SAMPLERS, sampler_steps  # noqa: E402
-from p2core.schedule import make_betas  # noqa: E402
-from p2core.weighting import loss_weights  # noqa: E402
-
+sys.path[:0] = [str(ROOT), str(ROOT / "workflow")]
+# these modules import no torch: a no-op run stays fast
+from config_check import ConfigError, validate  # noqa: E402
+from p2core.backends import BACKENDS, CLEAN_FID, TORCH_FIDELITY, reference_extractor  # noqa: E402
+from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps  # noqa: E402
+from steps import SAMPLERS, WEIGHTINGS, fingerprint  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ config validation
-def config_error(message):
-    """Stop before any job runs with one line saying what to fix."""
-    print(f"config error: {message}", file=sys.stderr)
+try:
+    validate(config)
+except ConfigError as error:  # one line saying what to fix, before any job runs
+    print(f"config error: {error}", file=sys.stderr)
     sys.exit(1)
-
-
-def validate_config(cfg):
-    """Check ``cfg`` against the schema, fill in the schema's defaults, then cross-check what the schema cannot:
-    names that must exist, paths that must exist, and (by asking p2core) weightings, schedules and samplers."""
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
-    if error is not None:
-        where = ".".join(str(part) for part in error.absolute_path) or "top level"
-        config_error(f"{where}: {error.message}")
-    apply_defaults(cfg, schema, schema)
-    datasets = cfg["datasets"]
-    for key, sec in artifact_sections(cfg):
-        for field, kind in REFERENCES.items():
-            names = sec.get(field, [])
-            for name in [names] if isinstance(names, str) else names:
-                if name not in cfg[f"{kind}s"]:
-                    config_error(
-                        f"{key}.{field} names {kind} '{name}', not defined under {kind}s "
-                        f"({', '.join(cfg[f'{kind}s'])})"
-                    )
-    for name, dataset in datasets.items():
-        for objective in dataset.get("objectives", {}):
-            if objective not in cfg["objectives"]:
-                config_error(f"datasets.{name}.objectives overrides objective '{objective}', which is not defined")
-            check_objective(
-                f"datasets.{name}.objectives.{objective}",
-                {**cfg["objectives"][objective], **dataset["objectives"][objective]},
-                cfg,
-            )
-        source = dataset["source"]
-        if source.startswith("embedded:"):
-            if source != "embedded:digits":
-                config_error(
-                    f"datasets.{name}.source: unknown embedded dataset '{source}' (available: embedded:digits)"
-                )
-        elif not Path(source).exists():
-            config_error(
-                f"datasets.{name}.source: {source} does not exist; put the {name} images there or fix the path"
-            )
-        if dataset["extractor"] == "domain" and source != "embedded:digits":
-            config_error(
-                f"datasets.{name}.extractor: 'domain' needs a labelled embedded dataset; use inception-v3-compat"
-            )
-        if dataset["distance"] == "domain" and source != "embedded:digits":
-            config_error(f"datasets.{name}.distance: 'domain' needs a labelled embedded dataset; use lpips")
-    for name, objective in cfg["objectives"].items():
-        check_objective(f"objectives.{name}", objective, cfg)
-    samplers = [("sampling.sampler", cfg["sampling"]["sampler"])]
-    samplers += [(f"{key}.sampler", sec["sampler"]) for key, sec in artifact_sections(cfg) if "sampler" in sec]
-    samplers += [("table4.samplers", s) for s in cfg.get("table4", {}).get("samplers", [])]
-    for where, sampler in samplers:
-        try:
-            sampler_steps(sampler, cfg["num_timesteps"])
-        except ValueError as exc:
-            config_error(f"{where}: {exc}")
-    snapshots = cfg["train"]["snapshot_steps"]
-    for name, dataset in datasets.items():
-        for arch, arch_cfg in cfg["archs"].items():
-            steps = {**cfg["train"], **dataset.get("train", {}), **arch_cfg.get("train", {})}["steps"]
-            if snapshots and max(snapshots) >= steps:
-                config_error(
-                    f"train.snapshot_steps: {max(snapshots)} is not below the {steps} training steps "
-                    f"of dataset {name}, arch {arch}"
-                )
-    kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
-    if kid != "auto" and kid > samples:
-        config_error(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
-
-
-def check_objective(where, objective, cfg):
-    """Ask p2core whether the objective's schedule and weighting (name and parameters) exist and are valid."""
-    try:
-        betas = make_betas(objective.get("schedule", cfg["schedule"]), cfg["num_timesteps"])
-        loss_weights(objective["weighting"], np.cumprod(1.0 - betas), **objective.get("weighting_params", {}))
-    except ValueError as exc:
-        config_error(f"{where}: {exc}")
-
-
-def apply_defaults(instance, node, root):
-    """Fill in the ``default:`` values the schema gives for keys missing from ``instance`` (in place, recursively
-    through properties, ``additionalProperties``, ``allOf`` and ``$ref``)."""
-    if not isinstance(instance, dict):
-        return
-    if "$ref" in node:
-        apply_defaults(instance, resolve_ref(node["$ref"], root), root)
-    for part in node.get("allOf", []):
-        apply_defaults(instance, part, root)
-    for key, child in node.get("properties", {}).items():
-        if key not in instance and "default" in child:
-            instance[key] = copy.deepcopy(child["default"])
-        if key in instance:
-            apply_defaults(instance[key], child, root)
-    if isinstance(node.get("additionalProperties"), dict):
-        for key in set(instance) - set(node.get("properties", {})):
-            apply_defaults(instance[key], node["additionalProperties"], root)
-
-
-def resolve_ref(ref, root):
-    node = root
-    for part in ref.removeprefix("#/").split("/"):
-        node = node[part]
-    return node
-
-
-# artifact-section fields that name config entries, and the kind of entry each names
-REFERENCES = {
-    "datasets": "dataset",
-    "dataset": "dataset",
-    "objectives": "objective",
-    "objective": "objective",
-    "archs": "arch",
-    "arch": "arch",
-}
-
-
-def artifact_sections(cfg):
-    """(key, section) for every artifact section of the config."""
-    keys = ["table1", "table3", "table4", "figure1", "figure2", "figure4"]
-    pairs = [(k, cfg[k]) for k in keys if k in cfg]
-    return pairs + [(f"sample_figures.{k}", v) for k, v in cfg.get("sample_figures", {}).items()]
-
-
-validate_config(config)
 
 # ----------------------------------------------------------------------------------------------- the runner
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
@@ -160,25 +33,31 @@ _PATH = "" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.executable)
 shell.prefix(f"set -euo pipefail; {_PATH}export PYTHONPATH={shlex.quote(str(ROOT))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
-# Each rule passes the fingerprint of its p2core command (the import closure of the modules it runs, read from the
-# code: p2core/fingerprint.py), so editing a module reruns exactly the rules whose step imports it.
-CODE = {
-    command: command_fingerprint(command)
-    for command in (
-        "prepare",
-        "train-features",
-        "train",
-        "sample",
-        "grid",
-        "reference",
-        "evaluate",
-        "distance-vs-snr",
-        "reconstruct",
-        "figure",
-        "table",
-        "runs",
-    )
-}
+# Each job passes the fingerprint of the p2core definitions it can run (p2core/fingerprint.py, workflow/steps.py),
+# so an edit reruns exactly the jobs whose step can reach the edited definition.
+def code(rule):
+    """A rule's fingerprint parameter: the same for every job of the rule."""
+    return fingerprint(rule)
+
+
+def train_code(wildcards):
+    """A training run depends on its objective's weighting only, among the weightings."""
+    return fingerprint("train", {WEIGHTINGS: [objective_cfg(wildcards.dataset, wildcards.objective)["weighting"]]})
+
+
+def sample_code(wildcards):
+    """A sample shard depends on its sampler kind and its model's weighting only, among the registries."""
+    weighting = objective_cfg(wildcards.dataset, wildcards.objective)["weighting"]
+    return fingerprint("sample", {SAMPLERS: [parse_sampler(wildcards.sampler)[0]], WEIGHTINGS: [weighting]})
+
+
+def reconstruction_code(wildcards):
+    sec = section("figure2")
+    return fingerprint("reconstructions", {WEIGHTINGS: [objective_cfg(sec["dataset"], sec["objective"])["weighting"]]})
+
+
+def figure3_code(wildcards):
+    return fingerprint("figure3", {WEIGHTINGS: [name for name, _ in json.loads(fig3_weightings()).values()]})
 
 
 # --------------------------------------------------------------------------------------- per-run settings
@@ -403,9 +282,9 @@ def tags(wildcards):
 def reference_stats(wildcards):
     """The reference statistics files an evaluation of this dataset uses, one per backend (first: the tables' main
     columns): results/reference/<dataset>/<backend>_<extractor>.npz."""
-    extractors = {"torch-fidelity": dataset_cfg(wildcards.dataset)["extractor"], "clean-fid": "inception-torchscript"}
+    extractor = dataset_cfg(wildcards.dataset)["extractor"]
     return [
-        f"results/reference/{wildcards.dataset}/{backend}_{extractors[backend]}.npz"
+        f"results/reference/{wildcards.dataset}/{backend}_{reference_extractor(backend, extractor)}.npz"
         for backend in config["evaluation"]["backends"]
     ]
 
@@ -413,7 +292,7 @@ def reference_stats(wildcards):
 def published_statistics(wildcards):
     """--published NAME,RES,SPLIT for a clean-fid reference of a dataset configured with published statistics."""
     published = dataset_cfg(wildcards.dataset).get("published_statistics")
-    if wildcards.backend != "clean-fid" or not published:
+    if wildcards.backend != CLEAN_FID or not published:
         return ""
     return f"--published {published['name']},{published['resolution']},{published['split']}"
 

@@ -19,7 +19,7 @@ rule prepare_dataset:
             + (" --skip-unreadable" if dataset_cfg(w.dataset)["skip_unreadable"] else "")
         ),
         resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
-        code=CODE["prepare"],
+        code=code("prepare_dataset"),
     shell:
         "python -m p2core prepare {params.source} --resolution {params.resolution} --workers {threads}"
         " --out results/data/{wildcards.dataset} > {log} 2>&1"
@@ -40,7 +40,7 @@ rule train_domain_features:
     params:
         epochs=config["evaluation"]["domain_features"]["epochs"],
         min_accuracy=config["evaluation"]["domain_features"]["min_accuracy"],
-        code=CODE["train-features"],
+        code=code("train_domain_features"),
     shell:
         "python -m p2core train-features --data results/data/{wildcards.dataset} --out {output} --epochs {params.epochs}"
         " --min-accuracy {params.min_accuracy} > {log} 2>&1"

@@ -3,7 +3,7 @@ rule reference:
     clean-fid's published statistics): computed once, used by every evaluation of that dataset."""
     input:
         data="results/data/{dataset}/meta.json",
-        domain=lambda w: domain_weights(w) if w.backend == "torch-fidelity" else [],
+        domain=lambda w: domain_weights(w) if w.backend == TORCH_FIDELITY else [],
     output:
         "results/reference/{dataset}/{backend}_{extractor}.npz",
     log:
@@ -21,7 +21,7 @@ rule reference:
         floor=config["sampling"]["num_samples"],
         kid=config["evaluation"]["kid_subset_size"],
         weights_dir=config["weights_dir"],
-        code=CODE["reference"],
+        code=code("reference"),
     shell:
         "python -m p2core reference --data results/data/{wildcards.dataset} --backend {wildcards.backend}"
         " --extractor {params.extractor} {params.domain} {params.published} --weights-dir {params.weights_dir} {params.unverified} --floor-size {params.floor}"
@@ -47,7 +47,7 @@ rule evaluate:
         kid=config["evaluation"]["kid_subset_size"],
         bootstrap=config["evaluation"]["bootstrap"],
         tags=tags,
-        code=CODE["evaluate"],
+        code=code("evaluate"),
     shell:
         "python -m p2core evaluate --samples {input.samples} --reference {input.reference}"
         " --kid-subset-size {params.kid} --bootstrap {params.bootstrap} --threads {threads} --no-progress {params.tags}"

@@ -15,7 +15,7 @@ rule figure1:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["figure"],
+        code=code("figure1"),
     shell:
         "python -m p2core figure fig1 {input} --out {output} > {log} 2>&1"
 
@@ -38,7 +38,7 @@ rule figure2:
         "../envs/p2.yaml"
     params:
         title=lambda w: "Fig. 2: x0_hat from x_t, {dataset}, {objective} model".format(**section("figure2")),
-        code=CODE["figure"],
+        code=code("figure2"),
     shell:
         "python -m p2core figure fig2 {input} --title {params.title:q} --out {output} > {log} 2>&1"
 
@@ -60,7 +60,7 @@ rule figure3:
     params:
         weightings=fig3_weightings(),
         num_timesteps=config["num_timesteps"],
-        code=CODE["figure"],
+        code=figure3_code,
     shell:
         "python -m p2core figure fig3 --num-timesteps {params.num_timesteps} --weightings {params.weightings:q}"
         " --out {output} > {log} 2>&1"
@@ -83,7 +83,7 @@ rule figure4:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["figure"],
+        code=code("figure4"),
     shell:
         "python -m p2core figure fig4 {input} --out {output} > {log} 2>&1"
 
@@ -112,7 +112,7 @@ rule sample_figure:
             shlex.quote(f"{label}={path}") for label, paths in input.items() for path in paths
         ),
         title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
-        code=CODE["figure"],
+        code=code("sample_figure"),
     shell:
         "python -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
 
@@ -134,7 +134,7 @@ rule figure7:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["figure"],
+        code=code("figure7"),
     shell:
         "python -m p2core figure fig7 {input} --out {output} > {log} 2>&1"
 
@@ -160,6 +160,6 @@ rule training_curves:
     params:
         logs=lambda w: " ".join(shlex.quote(f"{o}={folder}/train.csv") for o, folder in table1_runs(w.dataset)),
         title=lambda w: f"Training loss by quarter of t, {w.dataset} (thin: seeds, bold: mean)",
-        code=CODE["figure"],
+        code=code("training_curves"),
     shell:
         "python -m p2core figure curves {params.logs} --title {params.title:q} --out {output} > {log} 2>&1"

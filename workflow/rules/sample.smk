@@ -27,7 +27,7 @@ rule sample:
         batch_size=config["sampling"]["batch_size"],
         seed=config["sampling"]["seed"],
         precision=config["sampling"]["precision"],
-        code=CODE["sample"],
+        code=sample_code,
     shell:
         "python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
         " --num {params.num} --batch-size {params.batch_size} --seed {params.seed} --precision {params.precision}"
@@ -57,6 +57,6 @@ rule sample_grid:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["grid"],
+        code=code("sample_grid"),
     shell:
         "python -m p2core grid {input} --count 64 --scale 4 --out {output} > {log} 2>&1"

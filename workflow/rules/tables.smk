@@ -12,7 +12,7 @@ rule table1:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["table"],
+        code=code("table1"),
     shell:
         "python -m p2core table table1 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
@@ -33,7 +33,7 @@ rule table2:
         "../envs/p2.yaml"
     params:
         literature=lambda w, input: f"--literature {input.literature}" if input.literature else "",
-        code=CODE["table"],
+        code=code("table2"),
     shell:
         "python -m p2core table table2 {input.ours} {params.literature} --out {output.csv} --markdown {output.markdown}"
         " > {log} 2>&1"
@@ -53,7 +53,7 @@ rule table3:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["table"],
+        code=code("table3"),
     shell:
         "python -m p2core table table3 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
@@ -72,7 +72,7 @@ rule table4:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["table"],
+        code=code("table4"),
     shell:
         "python -m p2core table table4 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
@@ -95,7 +95,7 @@ rule summary:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["table"],
+        code=code("summary"),
     shell:
         "python -m p2core table summary {input} --out {output} > {log} 2>&1"
 
@@ -111,6 +111,7 @@ rule run_table:
     conda:
         "../envs/p2.yaml"
     params:
-        code=CODE["runs"],
+        folders=lambda w, input: " ".join(shlex.quote(str(Path(path).parent)) for path in input),
+        code=code("run_table"),
     shell:
-        "python -m p2core runs results/models --csv {output} > {log} 2>&1"
+        "python -m p2core runs {params.folders} --csv {output} > {log} 2>&1"

@@ -23,7 +23,7 @@ rule train:
         spec=train_spec,
         out=lambda w: f"results/models/{run_path(**w)}",
         launch=train_launcher,
-        code=CODE["train"],
+        code=train_code,
     shell:
         "{params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
         " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,174 @@
+"""The config check: the schema (``workflow/schemas/config.schema.yaml``), its defaults, and every check the schema
+cannot make, by asking p2core (weightings, schedules, sampler names, backends, extractors, distances, precisions).
+
+A plain module (no Snakemake): ``common.smk`` calls :func:`validate` before any job runs and prints a
+:class:`ConfigError` as one line; the tests call it directly.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import yaml
+
+from p2core.backends import BACKENDS, DISTANCES, DOMAIN, EXTRACTORS
+from p2core.device import PRECISIONS
+from p2core.prepare import EMBEDDED
+from p2core.respace import sampler_steps
+from p2core.schedule import make_betas
+from p2core.weighting import loss_weights
+
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+ARTIFACT_SECTIONS = ("table1", "table3", "table4", "figure1", "figure2", "figure4")
+#: artifact-section fields that name config entries, and the kind of entry each names
+EMBEDDED_SOURCES = tuple(f"embedded:{name}" for name in EMBEDDED)
+REFERENCES = {
+    "datasets": "dataset",
+    "dataset": "dataset",
+    "objectives": "objective",
+    "objective": "objective",
+    "archs": "arch",
+    "arch": "arch",
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, as the one line that says what to fix."""
+
+
+def validate(cfg: dict) -> dict:
+    """Check ``cfg`` against the schema, fill in the schema's defaults (in place), then cross-check what the schema
+    cannot: names that must exist, paths that must exist, and the names p2core defines. Returns ``cfg``."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "top level"
+        raise ConfigError(f"{where}: {error.message}")
+    apply_defaults(cfg, schema, schema)
+    _check_references(cfg)
+    _check_datasets(cfg)
+    for name, objective in cfg["objectives"].items():
+        check_objective(f"objectives.{name}", objective, cfg)
+    _check_names(cfg)
+    _check_snapshots(cfg)
+    kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
+    if kid != "auto" and kid > samples:
+        raise ConfigError(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
+    return cfg
+
+
+def artifact_sections(cfg: dict) -> list[tuple[str, dict]]:
+    """(key, section) for every artifact section of the config."""
+    pairs = [(key, cfg[key]) for key in ARTIFACT_SECTIONS if key in cfg]
+    return pairs + [(f"sample_figures.{key}", value) for key, value in cfg.get("sample_figures", {}).items()]
+
+
+def check_objective(where: str, objective: dict, cfg: dict) -> None:
+    """Ask p2core whether the objective's schedule and weighting (name and parameters) exist and are valid."""
+    try:
+        betas = make_betas(objective.get("schedule", cfg["schedule"]), cfg["num_timesteps"])
+        loss_weights(objective["weighting"], np.cumprod(1.0 - betas), **objective.get("weighting_params", {}))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_references(cfg: dict) -> None:
+    for key, section in artifact_sections(cfg):
+        for field, kind in REFERENCES.items():
+            names = section.get(field, [])
+            for name in [names] if isinstance(names, str) else names:
+                if name not in cfg[f"{kind}s"]:
+                    raise ConfigError(
+                        f"{key}.{field} names {kind} '{name}', not defined under {kind}s ({', '.join(cfg[f'{kind}s'])})"
+                    )
+
+
+def _check_datasets(cfg: dict) -> None:
+    for name, dataset in cfg["datasets"].items():
+        for objective in dataset.get("objectives", {}):
+            if objective not in cfg["objectives"]:
+                raise ConfigError(f"datasets.{name}.objectives overrides objective '{objective}', which is not defined")
+            merged = {**cfg["objectives"][objective], **dataset["objectives"][objective]}
+            check_objective(f"datasets.{name}.objectives.{objective}", merged, cfg)
+        source = dataset["source"]
+        labelled = source in EMBEDDED_SOURCES
+        if source.startswith("embedded:") and not labelled:
+            available = ", ".join(EMBEDDED_SOURCES)
+            raise ConfigError(f"datasets.{name}.source: unknown embedded dataset '{source}' (available: {available})")
+        if not source.startswith("embedded:") and not Path(source).exists():
+            raise ConfigError(
+                f"datasets.{name}.source: {source} does not exist; put the {name} images there or fix the path"
+            )
+        for field, choices in (("extractor", EXTRACTORS), ("distance", DISTANCES)):
+            if dataset[field] not in choices:
+                raise ConfigError(
+                    f"datasets.{name}.{field}: unknown {field} '{dataset[field]}'; choose one of {', '.join(choices)}"
+                )
+        if dataset["extractor"] == DOMAIN and not labelled:
+            raise ConfigError(
+                f"datasets.{name}.extractor: 'domain' needs a labelled embedded dataset; use {EXTRACTORS[0]}"
+            )
+        if dataset["distance"] == DOMAIN and not labelled:
+            raise ConfigError(f"datasets.{name}.distance: 'domain' needs a labelled embedded dataset; use lpips")
+
+
+def _check_names(cfg: dict) -> None:
+    """Samplers, backends and precisions, by the names p2core defines."""
+    samplers = [("sampling.sampler", cfg["sampling"]["sampler"])]
+    samplers += [(f"{key}.sampler", sec["sampler"]) for key, sec in artifact_sections(cfg) if "sampler" in sec]
+    samplers += [("table4.samplers", s) for s in cfg.get("table4", {}).get("samplers", [])]
+    for where, sampler in samplers:
+        try:
+            sampler_steps(sampler, cfg["num_timesteps"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    for backend in cfg["evaluation"]["backends"]:
+        if backend not in BACKENDS:
+            raise ConfigError(f"evaluation.backends: unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    precisions = [("sampling.precision", cfg["sampling"]["precision"])]
+    precisions += [("train.precision", cfg["train"]["precision"])] if "precision" in cfg["train"] else []
+    for where, precision in precisions:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"{where}: unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+
+
+def _check_snapshots(cfg: dict) -> None:
+    """Every snapshot step (Figure 4) is strictly inside every run: a snapshot at the last step is the final EMA."""
+    snapshots = cfg["train"]["snapshot_steps"]
+    for name, dataset in cfg["datasets"].items():
+        for arch, arch_cfg in cfg["archs"].items():
+            steps = {**cfg["train"], **dataset.get("train", {}), **arch_cfg.get("train", {})}["steps"]
+            if snapshots and max(snapshots) >= steps:
+                raise ConfigError(
+                    f"train.snapshot_steps: {max(snapshots)} is not below the {steps} training steps "
+                    f"of dataset {name}, arch {arch}"
+                )
+
+
+def apply_defaults(instance, node: dict, root: dict) -> None:
+    """Fill in the ``default:`` values the schema gives for keys missing from ``instance`` (in place, recursively
+    through properties, ``additionalProperties``, ``allOf`` and ``$ref``)."""
+    if not isinstance(instance, dict):
+        return
+    if "$ref" in node:
+        apply_defaults(instance, _resolve_ref(node["$ref"], root), root)
+    for part in node.get("allOf", []):
+        apply_defaults(instance, part, root)
+    for key, child in node.get("properties", {}).items():
+        if key not in instance and "default" in child:
+            instance[key] = copy.deepcopy(child["default"])
+        if key in instance:
+            apply_defaults(instance[key], child, root)
+    if isinstance(node.get("additionalProperties"), dict):
+        for key in set(instance) - set(node.get("properties", {})):
+            apply_defaults(instance[key], node["additionalProperties"], root)
+
+
+def _resolve_ref(ref: str, root: dict) -> dict:
+    node = root
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
