@@ -250,3 +250,14 @@ def test_a_plotting_edit_redraws_only_the_figures(built):
     }
     rules, _ = planned_after_edit(built, "plots", "figure4")
     assert rules == {"figure4", "all"}
+
+
+def test_only_sampling_rules_depend_on_samplers_whatever_the_config():
+    """Fingerprints depend on the rule and its registry selection, not on the config: in the paper config as in the
+    tiny one, a sampler edit can change no fingerprint but the sample jobs' (evaluation follows from their files)."""
+    for rule in steps.RULES:
+        modules = {module for module, _ in steps.units(rule)}
+        assert ("sampling" in modules) == (rule == "sample"), rule
+    ddim = steps.units("sample", {steps.SAMPLERS: ["ddim"], steps.WEIGHTINGS: ["p2"]})
+    assert ("sampling", "ddim") in ddim and ("sampling", "dpmpp2m") not in ddim and ("weighting", "uniform") not in ddim
+    assert ("weighting", "p2") not in steps.units("train", {steps.WEIGHTINGS: ["uniform"]})

@@ -3,11 +3,15 @@
 import csv
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, make_workspace, snakemake
+
+sys.path.insert(0, str(ROOT / "workflow"))
+from config_check import ConfigError, validate  # noqa: E402
 
 ARTIFACTS = [
     "results/table1.csv",
@@ -92,46 +96,56 @@ def write_config(workdir: Path, change) -> str:
     return "bad.yaml"
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda c: c.update(colour="blue"), "top level: Additional properties are not allowed ('colour'"),
-        (lambda c: c["train"].update(steps="many"), "train.steps: 'many' is not of type 'integer'"),
-        (
-            lambda c: c["objectives"]["p2"]["weighting_params"].update(gamma=-0.5),
-            "objectives.p2: p2 weighting needs gamma >= 0, got -0.5",
+BAD_CONFIGS = [
+    (lambda c: c.update(colour="blue"), "top level: Additional properties are not allowed ('colour'"),
+    (lambda c: c["train"].update(steps="many"), "train.steps: 'many' is not of type 'integer'"),
+    (
+        lambda c: c["objectives"]["p2"]["weighting_params"].update(gamma=-0.5),
+        "objectives.p2: p2 weighting needs gamma >= 0, got -0.5",
+    ),
+    (
+        lambda c: c["objectives"]["p2"].update(weighting="p3"),
+        "objectives.p2: unknown weighting 'p3'; choose one of",
+    ),
+    (
+        lambda c: c["objectives"]["p2"]["weighting_params"].update(beta=2),
+        "objectives.p2: weighting 'p2' takes parameters ['gamma', 'k']; got unknown beta",
+    ),
+    (lambda c: c["table4"].update(samplers=["ddim3", "euler5"]), "table4.samplers: bad sampler name 'euler5'"),
+    (lambda c: c["table4"].update(samplers=["ddimlogsnr20"]), "table4.samplers: bad sampler name 'ddimlogsnr20'"),
+    (
+        lambda c: c["evaluation"].update(backends=["pytorch-fid"]),
+        "evaluation.backends: unknown backend 'pytorch-fid'; choose one of torch-fidelity, clean-fid",
+    ),
+    (lambda c: c["sampling"].update(precision="fp16"), "sampling.precision: unknown precision 'fp16'"),
+    (lambda c: c["train"]["resources"].update(gpus=-1), "train.resources.gpus: -1 is less than the minimum of 0"),
+    (
+        lambda c: c["datasets"]["digits"].update(
+            source="data/nowhere", extractor="inception-v3-compat", distance="lpips"
         ),
-        (
-            lambda c: c["objectives"]["p2"].update(weighting="p3"),
-            "objectives.p2: unknown weighting 'p3'; choose one of",
-        ),
-        (
-            lambda c: c["objectives"]["p2"]["weighting_params"].update(beta=2),
-            "objectives.p2: weighting 'p2' takes parameters ['gamma', 'k']; got unknown beta",
-        ),
-        (lambda c: c["table4"].update(samplers=["ddim3", "euler5"]), "table4.samplers: bad sampler name 'euler5'"),
-        (lambda c: c["table4"].update(samplers=["ddimlogsnr20"]), "table4.samplers: bad sampler name 'ddimlogsnr20'"),
-        (
-            lambda c: c["evaluation"].update(backends=["pytorch-fid"]),
-            "evaluation.backends: unknown backend 'pytorch-fid'; choose one of torch-fidelity, clean-fid",
-        ),
-        (lambda c: c["sampling"].update(precision="fp16"), "sampling.precision: unknown precision 'fp16'"),
-        (lambda c: c["train"]["resources"].update(gpus=-1), "train.resources.gpus: -1 is less than the minimum of 0"),
-        (
-            lambda c: c["datasets"]["digits"].update(
-                source="data/nowhere", extractor="inception-v3-compat", distance="lpips"
-            ),
-            "data/nowhere does not exist",
-        ),
-        (
-            lambda c: c["evaluation"].update(kid_subset_size=1000),
-            "kid_subset_size: 1000 is larger than sampling.num_samples 24",
-        ),
-        (lambda c: c["table1"].update(objectives=["baseline", "p3"]), "table1.objectives names objective 'p3'"),
-        (lambda c: c["sampling"].update(shard_size=0), "sampling.shard_size: 0 is less than the minimum of 1"),
-    ],
-)
-def test_bad_configs_are_one_clear_line(tmp_path, change, message):
+        "data/nowhere does not exist",
+    ),
+    (
+        lambda c: c["evaluation"].update(kid_subset_size=1000),
+        "kid_subset_size: 1000 is larger than sampling.num_samples 24",
+    ),
+    (lambda c: c["table1"].update(objectives=["baseline", "p3"]), "table1.objectives names objective 'p3'"),
+    (lambda c: c["sampling"].update(shard_size=0), "sampling.shard_size: 0 is less than the minimum of 1"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_CONFIGS)
+def test_bad_configs_are_refused_with_the_reason(change, message):
+    """The config check (workflow/config_check.py), called directly: each problem is one ConfigError naming it."""
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    change(config)
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("change, message", BAD_CONFIGS[:2] + BAD_CONFIGS[5:6])
+def test_a_bad_config_is_one_line_before_any_job(tmp_path, change, message):
     workdir = make_workspace(tmp_path)
     result = snakemake(workdir, "-n", "--configfile", write_config(workdir, change), timeout=120)
     assert result.returncode != 0
