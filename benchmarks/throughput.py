@@ -136,29 +136,13 @@ def sample_throughput(knobs, count, device, precision, channels_last, evaluation
 
 def time_to_ddpm50_quality(table4_csv: str) -> list[dict]:
     """Per objective and sampler kind: the fewest model evaluations reaching the objective's ddpm50 FID, and the
-    sampling speedup over ddpm50 that gives (every sampler costs one model evaluation per step; the solvers' own
-    arithmetic is negligible next to the network)."""
+    sampling speedup over ddpm50 that gives (:func:`p2core.tables.evaluations_to_reach`)."""
     import pandas as pd
 
-    table = pd.read_csv(table4_csv)
-    rows = []
-    for objective, group in table.groupby("objective"):
-        target = group.loc[group["sampler"] == "ddpm50", "fid_mean"]
-        if target.empty:
-            continue
-        for kind, runs in group.groupby("kind"):
-            good = runs[runs["fid_mean"] <= float(target.iloc[0])].sort_values("steps")
-            steps = int(good["steps"].iloc[0]) if len(good) else None
-            rows.append(
-                {
-                    "objective": objective,
-                    "kind": kind,
-                    "ddpm50_fid": float(target.iloc[0]),
-                    "evaluations": steps if steps is not None else f"never (tried {sorted(runs['steps'].tolist())})",
-                    "speedup_vs_ddpm50": 50 / steps if steps is not None else None,
-                }
-            )
-    return rows
+    from p2core.tables import evaluations_to_reach
+
+    reach = evaluations_to_reach(pd.read_csv(table4_csv), "ddpm50")
+    return json.loads(reach.to_json(orient="records"))
 
 
 def main():

@@ -99,6 +99,20 @@ def cmd_train(args) -> None:
         print(f"wrote {final}")
 
 
+def args_import(parser) -> None:
+    parser.add_argument("--source", required=True, help="a guided-diffusion state dict (the authors' released .pt)")
+    parser.add_argument("--data", required=True, help="prepared dataset folder (the model's image size and channels)")
+    parser.add_argument("--out", required=True, help="run folder: ema.pt and run.json are written there")
+    parser.add_argument("--spec", required=True, help="model flags, diffusion settings and seed as JSON/YAML or a file")
+
+
+def cmd_import(args) -> None:
+    from p2core.importing import import_model
+    from p2core.train import load_spec
+
+    print(f"wrote {import_model(args.source, args.data, args.out, load_spec(args.spec))}")
+
+
 def args_sample(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="ema.pt, ema_step{N}.pt or checkpoint.pt")
     parser.add_argument("--sampler", default="ddpm250", help="ddpm250, ddim25, dpmpp2m20, ddpm10,10,10, ...")
@@ -363,6 +377,7 @@ def cmd_prefetch(args) -> None:
 COMMANDS = {
     "prepare": "prepare a dataset into images.npy + meta.json",
     "train": "train or resume a diffusion model",
+    "import": "a model trained elsewhere (the authors' released .pt) as a run folder",
     "sample": "draw samples from a checkpoint's EMA weights",
     "grid": "a PNG grid of the first images of a sample set",
     "train-features": "train the domain feature network on a labelled dataset",

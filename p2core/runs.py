@@ -5,7 +5,9 @@ and where it runs). Reading a run touches only ``run.json``, the tail of ``train
 presence of ``ema.pt``: no checkpoint is loaded, so it is instant even for 93 M-parameter runs.
 
 States: ``done`` (``ema.pt`` written), ``diverged`` (the last logged loss is not finite), ``running`` (a live
-process holds ``.train.lock``), ``stopped`` (none of these: preempted, killed, or waiting for its retry).
+process holds ``.train.lock``), ``stopped`` (none of these: preempted, killed, or waiting for its retry), and
+``imported`` for a model trained elsewhere (:mod:`p2core.importing`); ``source`` says which: ``trained``, or
+``imported <file> (sha256 <first 12 hex digits>)``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from p2core.errors import P2Error
 from p2core.lock import FileLock
 from p2core.trainlog import LOG_FILE, RUN_FILE, last_row
 
-COLUMNS = ("run", "weighting", "seed", "step", "steps", "loss", "img_per_s", "eta_s", "state", "host")
+COLUMNS = ("run", "source", "weighting", "seed", "step", "steps", "loss", "img_per_s", "eta_s", "state", "host")
 PROVENANCE_COLUMNS = ("device", "precision", "git_commit", "git_dirty", "code_fingerprint")
 
 
@@ -57,7 +59,10 @@ def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
     loss = float(last["loss"]) if last else math.nan
     speed = float(last["img_per_s"]) if last else math.nan
     holder = FileLock(folder / ".train.lock").live_holder()
-    if (folder / "ema.pt").exists():
+    imported = spec.get("imported")
+    if imported:
+        state = "imported" if (folder / "ema.pt").exists() else "stopped"
+    elif (folder / "ema.pt").exists():
         state = "done"
     elif last and not math.isfinite(loss):
         state = "diverged"
@@ -66,12 +71,14 @@ def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
     else:
         state = "stopped"
     eta = (spec["steps"] - step) * spec["batch_size"] / speed if state == "running" and speed > 0 else None
+    source = f"imported {Path(imported['source']).name} (sha256 {imported['sha256'][:12]})" if imported else "trained"
     return {
         "run": str(folder.relative_to(root)) if root is not None and folder != Path(root) else str(folder),
+        "source": source,
         "weighting": spec["diffusion"].get("weighting", "uniform"),
         "seed": spec["seed"],
-        "step": step,
-        "steps": spec["steps"],
+        "step": None if imported else step,
+        "steps": spec.get("steps"),
         "loss": loss,
         "img_per_s": speed,
         "eta_s": eta,
@@ -84,13 +91,14 @@ def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
 
 def format_table(statuses: list[dict]) -> str:
     """A fixed-width text table, one line per run."""
-    header = ("run", "weighting", "seed", "step/total", "loss", "img/s", "ETA", "state", "host")
+    header = ("run", "source", "weighting", "seed", "step/total", "loss", "img/s", "ETA", "state", "host")
     lines = [header] + [
         (
             s["run"],
+            s["source"].split(" (")[0],
             s["weighting"],
             str(s["seed"]),
-            f"{s['step']}/{s['steps']}",
+            "-" if s["step"] is None else f"{s['step']}/{s['steps']}",
             f"{s['loss']:.4g}",
             f"{s['img_per_s']:.3g}",
             _duration(s["eta_s"]),

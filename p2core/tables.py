@@ -17,6 +17,8 @@ from p2core.errors import P2Error
 from p2core.respace import parse_sampler, sampler_steps
 
 LITERATURE_COLUMNS = ("model", "dataset", "fid", "source")
+#: the ``interval`` of a row whose dataset has no baseline model (e.g. no released CelebA-HQ baseline)
+NO_BASELINE = "no baseline model"
 
 
 def collect(paths: list[str | Path]) -> pd.DataFrame:
@@ -65,7 +67,7 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     if len(backends) > 1:  # several backends: each one's mean over seeds
         for column in (f"{prefix}_{metric}" for prefix in backends for metric in ("fid", "kid")):
             out[f"{column}_mean"] = grouped[column].mean().values
-    for column in ("training_steps", "sampler"):
+    for column in ("training_steps", "sampler", "model_source"):
         if column in table:
             out[column] = grouped[column].first().values
     return out
@@ -112,7 +114,7 @@ def table2(ours: pd.DataFrame, literature: pd.DataFrame | None) -> pd.DataFrame:
     """Table 2: our FID beside published numbers the user supplied (``model, dataset, fid, source``); our rows say
     how they were computed (extractor, backend, ``comparable_to_inception``: verified Inception weights)."""
     mine = ours.assign(model=lambda d: "ours: " + d["objective"], fid=ours["fid_mean"], source="this pipeline")
-    how = [c for c in ("extractor", "backend", "comparable_to_inception") if c in mine]
+    how = [c for c in ("extractor", "backend", "comparable_to_inception", "model_source") if c in mine]
     mine = mine[["model", "dataset", "fid", "fid_std", *how, "source"]]
     if literature is None or literature.empty:
         return mine.reset_index(drop=True)
@@ -179,7 +181,7 @@ def _with_difference(table: pd.DataFrame, metrics: pd.DataFrame, keys: list[str]
         key = tuple(row[k] for k in keys)
         mine, base = groups[(*key, row["objective"])], groups.get((*key, "baseline"))
         if row["objective"] == "baseline" or base is None:
-            method, results = "reference" if base is not None else "no baseline", [(np.nan,) * 3] * 2
+            method, results = "reference" if base is not None else NO_BASELINE, [(np.nan,) * 3] * 2
         elif min(len(mine), len(base)) < 2:
             kid = (mine["kid_mean"].mean() - base["kid_mean"].mean(), np.nan, np.nan)
             fid = bootstrap_interval(mine, base)
@@ -287,7 +289,10 @@ def _summary_claims(inputs, out, literature, markdown) -> pd.DataFrame:
     tables = {Path(path).stem: pd.read_csv(path) for path in inputs if Path(path).suffix == ".csv"}
     training = [path for path in inputs if Path(path).suffix == ".json"]
     table = claims(tables, collect(training) if training else None)
-    atomic_write_text(out, summary_markdown(table))
+    reach = None
+    if "table4" in tables and "table1" in tables:  # the fast samplers against the sampler of Table 1
+        reach = evaluations_to_reach(tables["table4"], str(tables["table1"]["sampler"].iloc[0]))
+    atomic_write_text(out, summary_markdown(table, reach))
     provenance.write_sidecar(out, {"aggregates": [str(path) for path in inputs]})
     return table
 
@@ -319,9 +324,9 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
     Every non-baseline row of Table 1 (per dataset, FID and KID), Table 3 (per architecture) and Table 4 (per
     sampler) tests "this objective lowers the metric against the baseline": ``supported`` when the whole 95% interval
     of the difference is below 0, ``not supported`` when it is above 0, ``inconclusive`` when it contains 0 or there
-    is no interval. With two or more datasets in Table 1, "the gain is largest on the smallest dataset"
-    (:func:`_largest_on_smallest`); with Figure 4's final-checkpoint metrics (``training``), "cosine is worse than
-    linear" per objective (:func:`_cosine_worse`).
+    is no interval; ``not tested`` where the dataset has no baseline model. With two or more datasets in Table 1,
+    "the gain is largest on the smallest dataset" (:func:`_largest_on_smallest`); with Figure 4's final-checkpoint
+    metrics (``training``), "cosine is worse than linear" per objective (:func:`_cosine_worse`).
     """
     rows = []
     for name, table in tables.items():
@@ -332,7 +337,7 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
             metrics = ("fid", "kid") if name == "table1" else ("fid",)
             for metric in metrics:
                 low, high = row[f"{metric}_diff_low95"], row[f"{metric}_diff_high95"]
-                verdict = _verdict(low, high)
+                verdict = "not tested" if row["interval"] == NO_BASELINE else _verdict(low, high)
                 rows.append(
                     {
                         "table": name,
@@ -346,6 +351,8 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
                 )
     if "table1" in tables:
         rows += _largest_on_smallest(tables["table1"])
+    if "table4" in tables:
+        rows += _gain_with_few_evaluations(tables["table4"])
     if training is not None:
         rows += _cosine_worse(training)
     return pd.DataFrame(rows)
@@ -357,7 +364,8 @@ def _largest_on_smallest(table: pd.DataFrame) -> list[dict]:
     smallest dataset's interval lies wholly below every other's; ``not supported`` when another dataset's lies wholly
     below it; else ``inconclusive``. The effect is the smallest dataset's difference minus the next most negative."""
     rows = []
-    for objective, group in table[table["objective"] != "baseline"].groupby("objective"):
+    compared = table[(table["objective"] != "baseline") & (table["interval"] != NO_BASELINE)]
+    for objective, group in compared.groupby("objective"):
         sizes = group["n_reference"].sort_values().to_numpy()
         if group["dataset"].nunique() < 2 or sizes[0] == sizes[1]:
             continue  # one dataset, or no single smallest one
@@ -381,6 +389,72 @@ def _largest_on_smallest(table: pd.DataFrame) -> list[dict]:
             }
         )
     return rows
+
+
+FEW_EVALUATIONS = (10, 25)
+
+
+def _gain_with_few_evaluations(table: pd.DataFrame) -> list[dict]:
+    """ "The objective's FID gain holds with a fast sampler": per non-baseline objective, over Table 4's samplers with
+    :data:`FEW_EVALUATIONS` (10 to 25) model evaluations per image. ``supported`` when every such sampler's interval
+    lies below 0, ``not supported`` when one lies above 0, else ``inconclusive``; the effect and interval shown are
+    those of the sampler with the smallest gain (the largest difference)."""
+    low, high = FEW_EVALUATIONS
+    rows = []
+    few = table[(table["steps"] >= low) & (table["steps"] <= high) & (table["objective"] != "baseline")]
+    for objective, group in few.groupby("objective"):
+        if group["interval"].eq(NO_BASELINE).all():
+            continue
+        weakest = group.sort_values("fid_diff").iloc[-1]
+        verdicts = [_verdict(a, b) for a, b in zip(group["fid_diff_low95"], group["fid_diff_high95"], strict=True)]
+        verdict = (
+            "supported"
+            if all(v == "supported" for v in verdicts)
+            else "not supported"
+            if "not supported" in verdicts
+            else "inconclusive"
+        )
+        rows.append(
+            {
+                "table": "table4",
+                "claim": f"{objective}'s FID gain holds at {low}-{high} model evaluations "
+                f"({', '.join(group['sampler'])}; shown: the smallest gain, {weakest['sampler']})",
+                "difference": weakest["fid_diff"],
+                "low95": weakest["fid_diff_low95"],
+                "high95": weakest["fid_diff_high95"],
+                "interval": weakest["interval"],
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+def evaluations_to_reach(table: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per objective and sampler kind of a Table 4: the fewest model evaluations per image whose FID is at or below
+    that objective's FID with sampler ``reference`` (e.g. ``ddpm250``), and the speedup over ``reference`` (every
+    sampler costs one model evaluation per step; the solvers' own arithmetic is negligible next to the network).
+    ``evaluations`` is empty where no tried step count reaches it (``tried`` lists them)."""
+    rows = []
+    for objective, group in table.groupby("objective", sort=False):
+        target = group.loc[group["sampler"] == reference]
+        if target.empty:
+            continue
+        target_fid, target_steps = float(target["fid_mean"].iloc[0]), int(target["steps"].iloc[0])
+        for kind, runs in group.groupby("kind", sort=False):
+            good = runs[runs["fid_mean"] <= target_fid].sort_values("steps")
+            steps = int(good["steps"].iloc[0]) if len(good) else None
+            rows.append(
+                {
+                    "objective": objective,
+                    "kind": kind,
+                    "reference": reference,
+                    "reference_fid": target_fid,
+                    "evaluations": steps,
+                    "speedup": target_steps / steps if steps else None,
+                    "tried": " ".join(str(s) for s in sorted(runs["steps"])),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _cosine_worse(metrics: pd.DataFrame) -> list[dict]:
@@ -414,8 +488,9 @@ def _cosine_worse(metrics: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def summary_markdown(claims_table: pd.DataFrame) -> str:
-    """A short generated summary: one line per claim, numbers from the tables, never written by hand."""
+def summary_markdown(claims_table: pd.DataFrame, reach: pd.DataFrame | None = None) -> str:
+    """A short generated summary: one line per claim, numbers from the tables, never written by hand; with
+    ``reach`` (:func:`evaluations_to_reach`) also the fewest model evaluations per sampler reaching Table 1's FID."""
     lines = [
         "# What this run shows",
         "",
@@ -423,8 +498,24 @@ def summary_markdown(claims_table: pd.DataFrame) -> str:
         "",
     ]
     for _, c in claims_table.iterrows():
+        if c["interval"] == NO_BASELINE:
+            lines.append(f"- **{c['verdict']}**: {c['claim']} ({c['table']}): there is no baseline model to compare.")
+            continue
         interval = f"[{c['low95']:.3g}, {c['high95']:.3g}]" if np.isfinite(c["low95"]) else "no interval"
         lines.append(
             f"- **{c['verdict']}**: {c['claim']} ({c['table']}): {c['difference']:+.3g}, {interval}; {c['interval']}."
         )
+    if reach is not None and not reach.empty:
+        lines += [
+            "",
+            f"## Fewest model evaluations per image reaching {reach['reference'].iloc[0]}'s FID (Table 4)",
+            "",
+        ]
+        for _, r in reach.iterrows():
+            found = (
+                f"{int(r['evaluations'])} ({r['speedup']:.3g}x fewer)" if pd.notna(r["evaluations"]) else "not reached"
+            )
+            lines.append(
+                f"- {r['objective']}, {r['kind']}: {found}; its FID {r['reference_fid']:.4g}, tried {r['tried']}."
+            )
     return "\n".join(lines) + "\n"

@@ -41,6 +41,7 @@ from p2core.progress import progress_bar
 from p2core.restore import build
 from p2core.seeding import derived_seed, generator
 from p2core.trainlog import LOG_COLUMNS, LOG_FILE, RUN_FILE, append_row, truncate_after
+from p2core.unet import with_geometry
 
 
 @dataclass
@@ -126,13 +127,8 @@ class TrainSpec:
         return dataclasses.asdict(self)
 
     def model_kwargs(self, resolution: int, channels: int) -> dict:
-        """Model arguments with the data's geometry filled in; a conflicting explicit value is an error."""
-        kwargs = dict(self.model)
-        for key, actual in (("image_size", resolution), ("in_channels", channels)):
-            if kwargs.setdefault(key, actual) != actual:
-                raise P2Error(f"model {key}={kwargs[key]} but the dataset has {actual}")
-        kwargs.setdefault("learn_sigma", self.diffusion.get("learn_sigma", True))
-        return kwargs
+        """Model arguments with the data's geometry filled in (:func:`p2core.unet.with_geometry`)."""
+        return with_geometry(self.model, resolution, channels, self.diffusion.get("learn_sigma", True))
 
 
 def load_spec(text: str) -> dict:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p2core.errors import P2Error
+
 # channel multipliers per resolution used by ADM for 64 px and up; smaller sizes are this project's choice
 DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
@@ -333,3 +335,14 @@ def create_model(
         use_scale_shift_norm=use_scale_shift_norm,
         resblock_updown=resblock_updown,
     )
+
+
+def with_geometry(flags: dict, resolution: int, channels: int, learn_sigma: bool) -> dict:
+    """:func:`create_model` arguments: ``flags`` with the data's ``image_size`` (px) and ``in_channels`` filled in, and
+    ``learn_sigma`` as the diffusion has it unless given; a flag that conflicts with the data is a :class:`P2Error`."""
+    kwargs = dict(flags)
+    for key, actual in (("image_size", resolution), ("in_channels", channels)):
+        if kwargs.setdefault(key, actual) != actual:
+            raise P2Error(f"model {key}={kwargs[key]} but the dataset has {actual}")
+    kwargs.setdefault("learn_sigma", learn_sigma)
+    return kwargs

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from p2core.prepare import prepare_embedded
 
@@ -135,5 +136,51 @@ def built(tmp_path_factory):
     workdir = make_workspace(tmp_path_factory.mktemp("dag"))
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "P2CORE_TRACE_DEFINITIONS": "1"}
     result = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def authors_state_dict(flags: dict, image_size: int, in_channels: int, seed: int) -> dict:
+    """A stand-in for one of the authors' released files: the raw ``state_dict`` of a guided-diffusion UNet (the same
+    module names; p2core's UNet is built from the same flags), every parameter drawn at random so that no layer is
+    the zero-initialised one of a fresh model and two stand-ins sample differently."""
+    from p2core.unet import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(image_size=image_size, in_channels=in_channels, **flags)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3 / max(1, parameter[0].numel()) ** 0.5 if parameter.ndim > 1 else 0.05)
+    return model.state_dict()
+
+
+IMPORTED_OBJECTIVES = ("baseline", "p2")
+
+
+@pytest.fixture(scope="session")
+def built_imported(built, tmp_path_factory):
+    """The tiny config with both Table 1 models imported from stand-in authors'-format files instead of trained,
+    built to Tables 1 and 4, the run table and the summary (one seed: one file is one model). The prepared data,
+    domain features and reference statistics come from ``built`` (the same config there): only the imports, their
+    samples and what follows run here, traced like ``built``'s jobs."""
+    workdir = make_workspace(tmp_path_factory.mktemp("imported"))
+    for folder in ("results/data", "results/features", "results/reference", ".snakemake/metadata"):
+        shutil.copytree(built / folder, workdir / folder)
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    flags = config["archs"]["a"]["model"]
+    (workdir / "models/released").mkdir(parents=True)
+    overrides = {}
+    for seed, objective in enumerate(IMPORTED_OBJECTIVES):
+        path = f"models/released/digits_{objective}.pt"
+        torch.save(authors_state_dict(flags, 8, 1, seed), workdir / path)
+        overrides[objective] = {"checkpoint": path}
+    config["datasets"]["digits"]["objectives"] = overrides
+    config["seeds"] = [0]
+    for name in ("table3", "figure4"):  # ablations train; Figure 4 needs snapshots from during training
+        del config[name]
+    (workdir / "config/imported.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "P2CORE_TRACE_DEFINITIONS": "1"}
+    targets = ["results/table1.csv", "results/table4.csv", "results/runs.csv", "results/summary.md"]
+    result = snakemake(workdir, *targets, "--cores", "2", "--configfile", "config/imported.yaml", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

@@ -16,6 +16,8 @@ import subprocess
 import pytest
 from conftest import ROOT
 
+from p2core.released import RELEASED_FILES
+
 DOCUMENTS = ("README.md", "config/README.md")
 PAPER_DATASETS = ("ffhq", "celebahq", "metfaces", "afhq_dog", "flowers", "cub")
 
@@ -47,7 +49,8 @@ def as_test_run(command: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A copy of the repository with the project environment linked in and the paper's data folders present."""
+    """A copy of the repository with the project environment linked in, the paper's data folders and the authors'
+    released model files (stand-ins) present."""
     work = tmp_path_factory.mktemp("docs")
     for folder in ("workflow", "p2core", "config", "profiles", "benchmarks", ".ci"):
         shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -55,6 +58,9 @@ def workspace(tmp_path_factory):
     (work / ".venv").symlink_to(ROOT / ".venv")
     for name in PAPER_DATASETS:
         (work / "data" / name).mkdir(parents=True)
+    (work / "models/released").mkdir(parents=True)
+    for name in RELEASED_FILES:  # stand-ins: a dry run opens no model file
+        (work / "models/released" / name).write_bytes(b"stand-in")
     return work
 
 

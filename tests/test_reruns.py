@@ -52,7 +52,7 @@ CAN_RUN_UNTRACED = {
     ("reference", "shards.open_shard"): "the feature extractor reads sample shards and prepared arrays alike",
     **{
         (rule, "diffusion.approx_standard_normal_cdf"): "GaussianDiffusion is one unit: its loss helpers come along"
-        for rule in ("sample", "distance_vs_snr", "reconstructions")
+        for rule in ("sample", "distance_vs_snr", "reconstructions", "import_model")
     },
 }
 
@@ -67,16 +67,24 @@ def logged(workdir, pattern: str) -> dict[str, set[str]]:
     return found
 
 
+def logged_in_both(built, built_imported, pattern: str) -> dict[str, set[str]]:
+    """:func:`logged` over the tiny DAG and its imported-models variant (the only one with import jobs)."""
+    found = logged(built, pattern)
+    for rule, names in logged(built_imported, pattern).items():
+        found.setdefault(rule, set()).update(names)
+    return found
+
+
 @pytest.fixture(scope="module")
-def executed(built) -> dict[str, set[str]]:
-    runs = logged(built, rf"^{re.escape(PREFIX)} (.*)$")
-    assert {"train", "sample", "evaluate", "figure4", "table1"} <= set(runs), sorted(runs)
+def executed(built, built_imported) -> dict[str, set[str]]:
+    runs = logged_in_both(built, built_imported, rf"^{re.escape(PREFIX)} (.*)$")
+    assert {"train", "import_model", "sample", "evaluate", "figure4", "table1"} <= set(runs), sorted(runs)
     return runs
 
 
 @pytest.fixture(scope="module")
-def imported(built) -> dict[str, set[str]]:
-    return logged(built, r"^import time:.*\|\s*p2core\.(\w+)\s*$")
+def imported(built, built_imported) -> dict[str, set[str]]:
+    return logged_in_both(built, built_imported, r"^import time:.*\|\s*p2core\.(\w+)\s*$")
 
 
 def definitions(package) -> list[tuple[str, str, int]]:

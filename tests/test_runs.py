@@ -36,7 +36,7 @@ def test_running_stopped_and_done_runs(digits8, tmp_path):
     states = {s["run"]: (s["state"], s["step"], s["steps"]) for s in runs_json(tmp_path)}
     assert states == {"digits/p2/a/seed0": ("stopped", states["digits/p2/a/seed0"][1], 150), "other": ("done", 6, 6)}
     table = subprocess.run([sys.executable, "-m", "p2core", "runs", str(tmp_path)], capture_output=True, text=True)
-    assert table.stdout.splitlines()[0].split()[:4] == ["run", "weighting", "seed", "step/total"]
+    assert table.stdout.splitlines()[0].split()[:5] == ["run", "source", "weighting", "seed", "step/total"]
     assert "6/6" in table.stdout and "stopped" in table.stdout
     csv_file = tmp_path / "runs.csv"
     subprocess.run([sys.executable, "-m", "p2core", "runs", str(tmp_path), "--csv", str(csv_file)], check=True)

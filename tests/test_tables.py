@@ -4,7 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from p2core.tables import claims, collect, summary_markdown, table1, table3, welch_interval
+from p2core.tables import (
+    NO_BASELINE,
+    claims,
+    collect,
+    evaluations_to_reach,
+    summary_markdown,
+    table1,
+    table3,
+    table4,
+    welch_interval,
+)
 
 
 def test_welch_interval_matches_the_closed_form():
@@ -126,3 +136,64 @@ def test_several_backends_get_their_own_columns(tmp_path):
     row = table1(collect(paths)).iloc[0]
     assert row["fid_mean"] == row["clean_fid_fid_mean"] == 11.0 and row["torch_fidelity_fid_mean"] == 8.5
     assert row["torch_fidelity_kid_mean"] == pytest.approx(0.2)
+
+
+def test_a_dataset_without_a_baseline_model_is_reported_not_compared():
+    """CelebA-HQ in the released models: P2 alone. Its row says there is no baseline; no verdict comes from it."""
+    rows = [("ffhq", "a", "A", o, s, f + s, 0.1) for o, f in (("baseline", 10.0), ("p2", 6.0)) for s in range(2)]
+    rows += [("celebahq", "a", "A", "p2", s, 8.0 + s, 0.1) for s in range(2)]
+    frame = metrics(rows)
+    frame["n_reference"] = [70000 if d == "ffhq" else 30000 for d in frame["dataset"]]
+    table = table1(frame)
+    lonely = table[table["dataset"] == "celebahq"].iloc[0]
+    assert lonely["interval"] == NO_BASELINE and np.isnan(lonely["fid_diff"])
+    found = claims({"table1": table}).set_index("claim")
+    assert found.loc["p2 lowers FID vs baseline (celebahq)", "verdict"] == "not tested"
+    assert not any("largest on the smallest" in claim for claim in found.index)  # one dataset left to compare
+    text = summary_markdown(claims({"table1": table}))
+    assert "**not tested**: p2 lowers FID vs baseline (celebahq) (table1): there is no baseline model" in text
+
+
+def sweep(fids: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """A Table 4 from {sampler: (baseline FID, p2 FID)}, two seeds each (spread +-0.1)."""
+    rows = []
+    for sampler, pair in fids.items():
+        for objective, fid in zip(("baseline", "p2"), pair, strict=True):
+            rows += [(objective, sampler, s, fid + (0.1 if s else -0.1)) for s in (0, 1)]
+    frame = pd.DataFrame(rows, columns=["objective", "sampler", "seed", "fid"])
+    return table4(
+        frame.assign(dataset="ffhq", kid_mean=0.1, extractor="e", n_generated=10, n_reference=20, num_timesteps=1000)
+    )
+
+
+def test_fewest_evaluations_to_reach_table1s_sampler_and_the_gain_with_fast_samplers():
+    table = sweep(
+        {
+            "ddpm250": (10.0, 8.0),
+            "ddpm50": (14.0, 12.0),
+            "ddim10": (16.0, 12.0),
+            "ddim25": (11.0, 9.5),
+            "dpmpp2m10": (10.5, 7.9),
+            "dpmpp2m25": (9.9, 8.1),
+        }
+    )
+    reach = evaluations_to_reach(table, "ddpm250").set_index(["objective", "kind"])
+    assert reach.loc[("p2", "dpmpp2m"), "evaluations"] == 10 and reach.loc[("p2", "dpmpp2m"), "speedup"] == 25
+    assert reach.loc[("baseline", "dpmpp2m"), "evaluations"] == 25  # 10.5 > 10.0 at 10 evaluations
+    assert (
+        np.isnan(reach.loc[("baseline", "ddim"), "evaluations"]) and reach.loc[("baseline", "ddim"), "tried"] == "10 25"
+    )
+    assert reach.loc[("p2", "ddpm"), "evaluations"] == 250
+    gain = claims({"table4": table}).set_index("table").loc["table4"]
+    few = gain[gain["claim"].str.contains("10-25 model evaluations")].iloc[0]
+    # every sampler with 10-25 evaluations has P2 below the baseline beyond the seed spread; the weakest: ddim25
+    assert (
+        few["verdict"] == "supported"
+        and few["difference"] == pytest.approx(-1.5)
+        and "shown: the smallest gain, ddim25" in few["claim"]
+    )
+    worse = sweep({"ddpm250": (10.0, 8.0), "ddim10": (12.0, 13.0), "dpmpp2m10": (10.0, 8.0)})
+    few = claims({"table4": worse}).set_index("table").loc["table4"]
+    assert few[few["claim"].str.contains("10-25")].iloc[0]["verdict"] == "not supported"
+    text = summary_markdown(claims({"table4": table}), reach.reset_index())
+    assert "reaching ddpm250's FID" in text and "- p2, dpmpp2m: 10 (25x fewer)" in text and "not reached" in text

@@ -17,6 +17,7 @@ import yaml
 from p2core.backends import BACKENDS, DISTANCES, DOMAIN, EXTRACTORS
 from p2core.device import PRECISIONS
 from p2core.prepare import EMBEDDED
+from p2core.released import missing_file_message
 from p2core.respace import sampler_steps
 from p2core.schedule import make_betas
 from p2core.weighting import loss_weights
@@ -54,6 +55,7 @@ def validate(cfg: dict) -> dict:
         check_objective(f"objectives.{name}", objective, cfg)
     _check_names(cfg)
     _check_snapshots(cfg)
+    _check_unavailable(cfg)
     kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
     if kid != "auto" and kid > samples:
         raise ConfigError(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
@@ -91,8 +93,12 @@ def _check_datasets(cfg: dict) -> None:
         for objective in dataset.get("objectives", {}):
             if objective not in cfg["objectives"]:
                 raise ConfigError(f"datasets.{name}.objectives overrides objective '{objective}', which is not defined")
-            merged = {**cfg["objectives"][objective], **dataset["objectives"][objective]}
+            override = dataset["objectives"][objective]
+            merged = {**cfg["objectives"][objective], **override}
             check_objective(f"datasets.{name}.objectives.{objective}", merged, cfg)
+            if "checkpoint" in override and not Path(override["checkpoint"]).is_file():
+                message = missing_file_message(override["checkpoint"])
+                raise ConfigError(f"datasets.{name}.objectives.{objective}.checkpoint: {message}")
         source = dataset["source"]
         labelled = source in EMBEDDED_SOURCES
         if source.startswith("embedded:") and not labelled:
@@ -133,6 +139,16 @@ def _check_names(cfg: dict) -> None:
     for where, precision in precisions:
         if precision not in PRECISIONS:
             raise ConfigError(f"{where}: unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+
+
+def _check_unavailable(cfg: dict) -> None:
+    """A model the config says does not exist is left out of tables; Figure 2 draws one model and cannot."""
+    sec = cfg.get("figure2")
+    if sec and "unavailable" in cfg["datasets"][sec["dataset"]].get("objectives", {}).get(sec["objective"], {}):
+        raise ConfigError(
+            f"figure2: no {sec['objective']} model of {sec['dataset']} (datasets.{sec['dataset']}."
+            f"objectives.{sec['objective']}.unavailable); draw another objective"
+        )
 
 
 def _check_snapshots(cfg: dict) -> None:

@@ -17,6 +17,7 @@ RULES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
     "prepare_dataset": ("prepare", {}),
     "train_domain_features": ("train-features", {}),
     "train": ("train", {}),  # per job: the objective's weighting
+    "import_model": ("import", {}),
     "sample": ("sample", {}),  # per job: the sampler kind and the model's weighting
     "sample_grid": ("grid", {}),
     "reference": ("reference", {}),

@@ -3,6 +3,7 @@ workflow/config_check.py, the rule -> command table workflow/steps.py."""
 
 import json
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from config_check import ConfigError, validate  # noqa: E402
 from p2core.backends import BACKENDS, CLEAN_FID, TORCH_FIDELITY, reference_extractor  # noqa: E402
 from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps  # noqa: E402
 from steps import SAMPLERS, WEIGHTINGS, fingerprint  # noqa: E402
+
+#: keys of a dataset's objective override that say where the model comes from, not how it diffuses
+MODEL_SOURCE_KEYS = ("checkpoint", "unavailable")
 
 # ------------------------------------------------------------------------------------------ config validation
 try:
@@ -72,6 +76,21 @@ def objective_cfg(dataset, objective):
     return base
 
 
+def diffusion_cfg(dataset, objective):
+    """The objective's diffusion settings (fields of ``create_diffusion``): without where its model comes from."""
+    return {k: v for k, v in objective_cfg(dataset, objective).items() if k not in MODEL_SOURCE_KEYS}
+
+
+def available(dataset, objective):
+    """False where the config says a model does not exist (``unavailable``: e.g. no released CelebA-HQ baseline)."""
+    return "unavailable" not in objective_cfg(dataset, objective)
+
+
+def imported_file(dataset, objective):
+    """The model file a run of (dataset, objective) is imported from instead of trained, or None."""
+    return objective_cfg(dataset, objective).get("checkpoint")
+
+
 def train_cfg(dataset, arch):
     """Training settings: global, then the dataset's, then the arch's (Table 3 (e) changes the lr); the
     ``resources`` sub-section is merged the same way."""
@@ -91,13 +110,24 @@ def train_spec(wildcards):
     spec = {key: value for key, value in train_cfg(wildcards.dataset, wildcards.arch).items() if key != "resources"}
     spec.update(
         model=config["archs"][wildcards.arch]["model"],
-        diffusion={
-            "schedule": config["schedule"],
-            "num_timesteps": config["num_timesteps"],
-            **objective_cfg(wildcards.dataset, wildcards.objective),
-        },
+        diffusion=diffusion_spec(wildcards.dataset, wildcards.objective),
         seed=int(wildcards.seed),
     )
+    return json.dumps(spec, sort_keys=True)
+
+
+def diffusion_spec(dataset, objective):
+    return {
+        "schedule": config["schedule"],
+        "num_timesteps": config["num_timesteps"],
+        **diffusion_cfg(dataset, objective),
+    }
+
+
+def import_spec(wildcards):
+    """What `p2core import` builds the imported model from: the arch's flags, the objective's diffusion, the seed."""
+    dataset, objective, arch, seed = split_run(wildcards.run)
+    spec = {"model": config["archs"][arch]["model"], "diffusion": diffusion_spec(dataset, objective), "seed": seed}
     return json.dumps(spec, sort_keys=True)
 
 
@@ -120,6 +150,12 @@ SNAPSHOT_STEPS = sorted(config["train"]["snapshot_steps"])
 # ------------------------------------------------------------------------------------------------- paths
 def run_path(dataset, objective, arch, seed):
     return f"{dataset}/{objective}/{arch}/seed{seed}"
+
+
+def split_run(run):
+    """(dataset, objective, arch, seed) of a run path."""
+    dataset, objective, arch, seed = run.split("/")
+    return dataset, objective, arch, int(seed.removeprefix("seed"))
 
 
 def checkpoint_file(wildcards):
@@ -182,6 +218,7 @@ def table1_metrics(wildcards=None):
         metrics_file(d, o, default_arch(sec), s)
         for d in sec["datasets"]
         for o in sec["objectives"]
+        if available(d, o)
         for s in config["seeds"]
     ]
 
@@ -192,6 +229,7 @@ def table3_metrics(wildcards=None):
         metrics_file(sec["dataset"], o, a, s, sampler=sec.get("sampler"))
         for a in sec["archs"]
         for o in sec["objectives"]
+        if available(sec["dataset"], o)
         for s in sec.get("seeds", config["seeds"])
     ]
 
@@ -202,6 +240,7 @@ def table4_metrics(wildcards=None):
         metrics_file(sec["dataset"], o, default_arch(sec), s, sampler=sampler)
         for sampler in sec["samplers"]
         for o in sec["objectives"]
+        if available(sec["dataset"], o)
         for s in sec.get("seeds", config["seeds"])
     ]
 
@@ -213,6 +252,7 @@ def figure4_metrics(wildcards=None):
     return [
         metrics_file(sec["dataset"], o, arch, s, ckpt=c)
         for o in sec["objectives"]
+        if available(sec["dataset"], o)
         for s in sec.get("seeds", config["seeds"])
         for c in ckpts
     ]
@@ -246,15 +286,17 @@ def sample_figure_inputs(wildcards):
     return {
         o: sample_shards(sec["dataset"], o, default_arch(sec), sec.get("seed", config["seeds"][0]))
         for o in sec["objectives"]
+        if available(sec["dataset"], o)
     }
 
 
-def table1_runs(dataset):
-    """(objective, run folder) of every Table 1 run of ``dataset``, seeds in order."""
+def table1_runs(dataset, trained_only=False):
+    """(objective, run folder) of every Table 1 run of ``dataset``, seeds in order (``trained_only``: not imported)."""
     sec = section("table1")
     return [
         (o, f"results/models/{run_path(dataset, o, default_arch(sec), s)}")
         for o in sec["objectives"]
+        if available(dataset, o) and not (trained_only and imported_file(dataset, o))
         for s in config["seeds"]
     ]
 
@@ -262,7 +304,8 @@ def table1_runs(dataset):
 def tags(wildcards):
     """--tag arguments that record what a metrics JSON describes (read back by the tables)."""
     ckpt = wildcards.ckpt
-    steps = train_steps(wildcards.dataset, wildcards.arch)
+    source = imported_file(wildcards.dataset, wildcards.objective)
+    steps = "unknown" if source else train_steps(wildcards.dataset, wildcards.arch)
     values = {
         "dataset": wildcards.dataset,
         "objective": wildcards.objective,
@@ -271,6 +314,7 @@ def tags(wildcards):
         "seed": wildcards.seed,
         "checkpoint": ckpt,
         "step": steps if ckpt == "final" else int(ckpt[4:]),
+        "model_source": f"imported {Path(source).name}" if source else "trained",
         "sampler": wildcards.sampler,
         "training_steps": steps,
         "num_timesteps": config["num_timesteps"],
@@ -346,5 +390,55 @@ def all_artifacts():
         targets.append("results/figures/fig4_fid_during_training.png")
     targets += [f"results/figures/{fig}_samples.png" for fig in config.get("sample_figures", {})]
     targets += evaluated_grids() + ["results/runs.csv"]
-    targets += [f"results/figures/curves_{d}.png" for d in section("table1")["datasets"]]
+    targets += [f"results/figures/curves_{d}.png" for d in section("table1")["datasets"] if table1_runs(d, True)]
     return targets
+
+
+# ------------------------------------------------------------------------------------------ imported models
+def referenced_runs():
+    """Every run folder a configured artifact uses (metrics, Figure 2, sample figures), once each."""
+    runs = [str(Path(f).parent.relative_to("results/models")) for f in evaluated_runs()]
+    if "figure2" in config:
+        runs.append(str(Path(figure2_checkpoint(None)).parent.relative_to("results/models")))
+    for fig, sec in config.get("sample_figures", {}).items():
+        seed = sec.get("seed", config["seeds"][0])
+        runs += [
+            run_path(sec["dataset"], o, default_arch(sec), seed)
+            for o in sec["objectives"]
+            if available(sec["dataset"], o)
+        ]
+    return list(dict.fromkeys(runs))
+
+
+def imported_runs():
+    """run path -> the file it is imported from, for every referenced run whose objective names a checkpoint; a
+    ConfigError where the config asks one file to be several runs, or a training snapshot of an imported model."""
+    imported, by_file = {}, {}
+    for run in referenced_runs():
+        dataset, objective, arch, seed = split_run(run)
+        source = imported_file(dataset, objective)
+        if source:
+            imported[run] = source
+            by_file.setdefault((dataset, objective), []).append(run)
+    for (dataset, objective), runs in by_file.items():
+        if len(runs) > 1:
+            raise ConfigError(
+                f"datasets.{dataset}.objectives.{objective}.checkpoint: one file is one trained model, but the config "
+                f"uses it as {len(runs)} runs ({', '.join(runs)}); give the sections that use it one arch and one seed"
+            )
+    if "figure4" in config and any(
+        imported_file(section("figure4")["dataset"], o) for o in section("figure4")["objectives"]
+    ):
+        raise ConfigError(
+            "figure4: an imported model has no checkpoints from during its training; list only trained objectives"
+        )
+    return imported
+
+
+try:
+    IMPORTED = imported_runs()
+except ConfigError as error:
+    print(f"config error: {error}", file=sys.stderr)
+    sys.exit(1)
+# the import rule's {run} wildcard matches these run paths only ("(?!)" matches nothing: no run is imported)
+IMPORTED_RUN_PATTERN = "|".join(re.escape(run) for run in IMPORTED) or "(?!)"

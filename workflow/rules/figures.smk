@@ -140,10 +140,11 @@ rule figure7:
 
 
 rule training_curves:
-    """Training loss by quarter of t over the steps of Table 1's runs of one dataset (from their train.csv)."""
+    """Training loss by quarter of t over the steps of Table 1's trained runs of one dataset (their train.csv; an
+    imported model has none)."""
     input:
         # each run's train.csv is complete once its ema.pt, written last, exists
-        lambda w: [f"{folder}/ema.pt" for _, folder in table1_runs(w.dataset)],
+        lambda w: [f"{folder}/ema.pt" for _, folder in table1_runs(w.dataset, trained_only=True)],
     output:
         report(
             "results/figures/curves_{dataset}.png",
@@ -158,7 +159,9 @@ rule training_curves:
     conda:
         "../envs/p2.yaml"
     params:
-        logs=lambda w: " ".join(shlex.quote(f"{o}={folder}/train.csv") for o, folder in table1_runs(w.dataset)),
+        logs=lambda w: " ".join(
+            shlex.quote(f"{o}={folder}/train.csv") for o, folder in table1_runs(w.dataset, trained_only=True)
+        ),
         title=lambda w: f"Training loss by quarter of t, {w.dataset} (thin: seeds, bold: mean)",
         code=code("training_curves"),
     shell:
