@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from throughput import PAPER, sync, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from p2core.device import native_bf16
@@ -40,16 +41,6 @@ from p2core.sampling import for_sampler, sample
 from p2core.train import _update_ema, adamw
 from p2core.unet import create_model
 
-PAPER = dict(
-    image_size=256,
-    num_channels=128,
-    num_res_blocks=1,
-    attention_resolutions="16",
-    num_head_channels=64,
-    resblock_updown=True,
-    use_scale_shift_norm=True,
-    learn_sigma=True,
-)
 TINY = dict(PAPER, image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8", num_head_channels=32)
 #: published dense peaks in TFLOP/s: (fp32, tf32, bf16); MFU is reported only for these GPUs
 PEAK_TFLOPS = {
@@ -57,11 +48,6 @@ PEAK_TFLOPS = {
     "H100 80GB HBM3": (67.0, 494.0, 989.0),
     "A100": (19.5, 156.0, 312.0),
 }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def set_tf32(enabled: bool) -> None:
@@ -110,16 +96,7 @@ def train_speed(knobs, batch, device, precision, channels_last, steps, compiled=
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(2):
-        step()
-    sync(device)
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    seconds = (time.perf_counter() - start) / steps
+    warmup_s, seconds = timed(step, 2, steps, device)
     result = {"img_per_s": batch / seconds, "step_s": seconds}
     if compiled:
         result["compile_and_warmup_s"] = warmup_s

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/throughput.py --quick     # small config, under two minutes on a 2-core CPU
     .venv/bin/python benchmarks/throughput.py             # + more timed steps and the 256 px paper model
     .venv/bin/python benchmarks/throughput.py --table4 results/table4.csv   # + time to ddpm50 quality per sampler
+    .venv/bin/python benchmarks/throughput.py --quick --authors ../P2-weighting   # + the authors' code, same run
 
 Prints one line per setting while it runs, then one JSON object: the device (GPU name, or CPU model and its vector
 flags), whether bf16 is native, and per setting training img/s, sampling img/s (ddim50) and the speedup of each over
@@ -14,6 +15,10 @@ Time to ddpm50 quality: with ``--table4`` (a Table 4 CSV of a finished run), for
 fewest model evaluations whose FID is at or below that objective's ``ddpm50`` FID, and the speedup over ``ddpm50``
 that gives (each step is one model evaluation, whatever the sampler), or "never" in the range measured.
 
+Against the authors' code: with ``--authors DIR`` (an unpacked jychoi118/P2-weighting snapshot; nothing of it is
+copied here) their training step and DDIM sampling are timed in the same run on the same small config in fp32, and
+``p2core_vs_authors`` gives p2core's speed over theirs per setting (training img/s; sampling per model evaluation).
+
 Configs: *small* = 32 px RGB, 64 channels, channel_mult 1,2,2,2, 1 res block, attention at 16, learned sigma, P2
 gamma=1, batch 16; *paper* = the authors' 256 px model (93.6 M parameters), batch 8.
 """
@@ -24,7 +29,9 @@ import argparse
 import copy
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -52,6 +59,20 @@ VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(step, warmup: int, steps: int, device) -> tuple[float, float]:
+    """Seconds of ``warmup`` calls of ``step`` (compilation, caches), then seconds per call over ``steps`` more."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync(device)
+    warmup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return warmup_s, (time.perf_counter() - start) / steps
 
 
 def describe(device) -> dict:
@@ -100,16 +121,7 @@ def train_throughput(knobs, batch, device, precision, channels_last, steps, comp
         optimizer.step()
         _update_ema(ema, model, 0.9999)
 
-    start = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    seconds = (time.perf_counter() - start) / steps
+    warmup_s, seconds = timed(step, warmup, steps, device)
     result = {"img_per_s": batch / seconds, "step_s": seconds}
     if compiled:
         result["compile_and_warmup_s"] = warmup_s
@@ -134,6 +146,64 @@ def sample_throughput(knobs, count, device, precision, channels_last, evaluation
     return {"s_per_evaluation_per_image": per_evaluation, "ddim50_img_per_s": 1 / (50 * per_evaluation)}
 
 
+def authors_model(directory: str, knobs: dict, device, respacing: str = ""):
+    """The authors' UNet and diffusion with the same flags (P2 gamma 1, k 1, learned sigma, fp32), built by their
+    ``guided_diffusion.script_util`` imported from an unpacked jychoi118/P2-weighting snapshot at ``directory``
+    (nothing of it is copied into this project)."""
+    sys.path.insert(0, str(Path(directory).resolve()))
+    try:
+        from guided_diffusion import script_util
+    except ImportError as error:
+        raise SystemExit(
+            f"--authors {directory}: no guided_diffusion package there ({error}); unpack the authors' repo"
+        ) from None
+    flags = script_util.model_and_diffusion_defaults()
+    flags.update({key: value for key, value in knobs.items() if key in flags})
+    flags.update(diffusion_steps=1000, noise_schedule="linear", p2_gamma=1.0, p2_k=1.0, timestep_respacing=respacing)
+    torch.manual_seed(0)
+    model, diffusion = script_util.create_model_and_diffusion(**flags)
+    return model.to(device), diffusion
+
+
+def authors_train_throughput(directory, knobs, batch, device, steps, warmup=2) -> dict:
+    """The authors' training step as their TrainLoop runs it in fp32: their hybrid loss, backward, AdamW (torch's
+    default implementation), their EMA update (parameter by parameter)."""
+    model, diffusion = authors_model(directory, knobs, device)
+    ema = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    size = knobs["image_size"]
+    x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+
+    def step():
+        t = torch.randint(1000, (batch,), device=device)
+        loss = diffusion.training_losses(model, x, t)["loss"].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for target, source in zip(ema, model.parameters(), strict=True):
+            target.mul_(0.9999).add_(source.detach(), alpha=1 - 0.9999)
+
+    _, seconds = timed(step, warmup, steps, device)
+    return {"img_per_s": batch / seconds, "step_s": seconds}
+
+
+def authors_sample_throughput(directory, knobs, count, device, evaluations) -> dict:
+    """The authors' DDIM sampling (``ddim_sample_loop``, respaced to ``evaluations`` steps), timed as
+    :func:`sample_throughput` times p2core's."""
+    size = knobs["image_size"]
+    shape = (count, 3, size, size)
+    with torch.no_grad():
+        model, warm = authors_model(directory, knobs, device, "ddim2")
+        warm.ddim_sample_loop(model.eval(), shape, clip_denoised=True, device=device)  # warm-up
+        _, diffusion = authors_model(directory, knobs, device, f"ddim{evaluations}")
+        sync(device)
+        start = time.perf_counter()
+        diffusion.ddim_sample_loop(model, shape, clip_denoised=True, device=device)
+        sync(device)
+    per_evaluation = (time.perf_counter() - start) / evaluations / count
+    return {"s_per_evaluation_per_image": per_evaluation, "ddim50_img_per_s": 1 / (50 * per_evaluation)}
+
+
 def time_to_ddpm50_quality(table4_csv: str) -> list[dict]:
     """Per objective and sampler kind: the fewest model evaluations reaching the objective's ddpm50 FID, and the
     sampling speedup over ddpm50 that gives (:func:`p2core.tables.evaluations_to_reach`)."""
@@ -150,6 +220,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few steps, small config only: under two minutes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--table4", help="a Table 4 CSV: report time to ddpm50 quality per sampler")
+    parser.add_argument(
+        "--authors", help="an unpacked jychoi118/P2-weighting snapshot: time the authors' code in the same run"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     steps, evaluations, images = (3, 4, 8) if args.quick else (10, 10, 16)
@@ -179,6 +252,21 @@ def main():
         )
         print(name, json.dumps(results[name]), flush=True)
     report["small"] = results
+    if args.authors:  # the code p2core reimplements, same config, fp32 eager, measured now: ratios, not absolutes
+        authors = {
+            "train": authors_train_throughput(args.authors, SMALL, 16, device, steps),
+            "sample": authors_sample_throughput(args.authors, SMALL, images, device, evaluations),
+        }
+        report["authors_fp32"] = authors
+        report["p2core_vs_authors"] = {
+            name: {
+                "train": r["train"]["img_per_s"] / authors["train"]["img_per_s"],
+                "sample_per_evaluation": authors["sample"]["s_per_evaluation_per_image"]
+                / r["sample"]["s_per_evaluation_per_image"],
+            }
+            for name, r in results.items()
+        }
+        print("p2core / authors (above 1: p2core faster)", json.dumps(report["p2core_vs_authors"]), flush=True)
     if args.table4:
         report["time_to_ddpm50_quality"] = time_to_ddpm50_quality(args.table4)
     if not args.quick:

@@ -351,6 +351,18 @@ def cmd_table(args) -> None:
     write_table(args.which, args.inputs, args.out, args.literature, args.markdown)
 
 
+def args_tex(parser) -> None:
+    parser.add_argument("tables", nargs="+", help="table CSVs (results/table1.csv, ...): each becomes table<N>.tex")
+    parser.add_argument("--out-dir", required=True, help="where table<N>.tex and numbers.tex go")
+
+
+def cmd_tex(args) -> None:
+    from p2core.tex import write_tex
+
+    for path in write_tex(args.tables, args.out_dir):
+        print(f"wrote {path}")
+
+
 def args_runs(parser) -> None:
     parser.add_argument("folders", nargs="*", default=["results"], help="run folders, or folders searched for them")
     parser.add_argument("--json", action="store_true", help="a JSON list instead of the table")
@@ -387,6 +399,7 @@ COMMANDS = {
     "reconstruct": "Figure 2 data: x0_hat predicted from x_t at several t",
     "figure": "draw a figure (PNG + PDF)",
     "table": "build a table CSV from metrics JSON files",
+    "tex": "the tables as LaTeX (booktabs) and numbers.tex, one macro per number",
     "runs": "one line per training run: step, loss, img/s, ETA, state",
     "prefetch": "download the metric weights and clean-fid's FFHQ statistics (run with internet)",
 }

@@ -103,6 +103,18 @@ def table4(metrics: pd.DataFrame) -> pd.DataFrame:
     return _with_difference(out.sort_values(["dataset", "kind", "steps", "objective"]), metrics, ["dataset", "sampler"])
 
 
+def table5(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Table 5, the weighting study: FID and KID per objective (one weighting each) on one dataset, arch and sampler,
+    with the difference to the baseline (``fid_diff``, ...) and to P2 (``fid_diff_vs_p2``, ...) and their 95%
+    intervals, and the ``weighting`` each objective trains with, best FID first."""
+    out = _summary(metrics, ["dataset", "objective"])
+    if "weighting" in metrics:
+        out.insert(2, "weighting", metrics.groupby(["dataset", "objective"], sort=False)["weighting"].first().values)
+    out = _with_difference(out, metrics, ["dataset"])
+    out = _with_difference(out, metrics, ["dataset"], reference="p2", suffix="_vs_p2")
+    return out.sort_values(["dataset", "fid_mean"], kind="stable").reset_index(drop=True)
+
+
 def fid_during_training(metrics: pd.DataFrame) -> pd.DataFrame:
     """Figure 4 data: one row per (objective, seed, step)."""
     return metrics[["dataset", "objective", "seed", "step", "fid", "kid_mean", "extractor"]].sort_values(
@@ -158,30 +170,25 @@ def bootstrap_interval(mine: pd.DataFrame, base: pd.DataFrame, level: float = 0.
     return difference, float(np.percentile(replicates, tail)), float(np.percentile(replicates, 100 - tail))
 
 
-def _with_difference(table: pd.DataFrame, metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Add, per row, the difference to the ``baseline`` row with the same ``keys`` (negative = lower than baseline)
-    for FID and KID, with its 95% interval and the method in ``interval``: Welch t over seeds with two or more seeds
-    on each side; with one, a paired bootstrap over samples for FID (:func:`bootstrap_interval`) and none for KID."""
-    if "baseline" not in set(table["objective"]):
+def _with_difference(
+    table: pd.DataFrame, metrics: pd.DataFrame, keys: list[str], reference: str = "baseline", suffix: str = ""
+) -> pd.DataFrame:
+    """Add, per row, the difference to the ``reference`` objective's row with the same ``keys`` (negative = lower
+    than it) for FID and KID, with its 95% interval and the method in ``interval``: Welch t over seeds with two or
+    more seeds on each side; with one, a paired bootstrap over samples for FID (:func:`bootstrap_interval`) and none
+    for KID. Columns ``fid_diff``, ``fid_diff_low95``, ``fid_diff_high95``, ``kid_diff``, ..., ``interval``, each
+    with ``suffix`` appended (``fid_diff_vs_p2``, ...)."""
+    if reference not in set(table["objective"]):
         return table
     groups = {name: rows for name, rows in metrics.groupby([*keys, "objective"], sort=False)}
-    columns = {
-        name: []
-        for name in (
-            "fid_diff",
-            "fid_diff_low95",
-            "fid_diff_high95",
-            "kid_diff",
-            "kid_diff_low95",
-            "kid_diff_high95",
-            "interval",
-        )
-    }
+    names = [f"{m}_diff{end}" for m in ("fid", "kid") for end in ("", "_low95", "_high95")] + ["interval"]
+    columns = {name: [] for name in names}
     for _, row in table.iterrows():
         key = tuple(row[k] for k in keys)
-        mine, base = groups[(*key, row["objective"])], groups.get((*key, "baseline"))
-        if row["objective"] == "baseline" or base is None:
-            method, results = "reference" if base is not None else NO_BASELINE, [(np.nan,) * 3] * 2
+        mine, base = groups[(*key, row["objective"])], groups.get((*key, reference))
+        if row["objective"] == reference or base is None:
+            method = "reference" if base is not None else NO_BASELINE if reference == "baseline" else f"no {reference}"
+            results = [(np.nan,) * 3] * 2
         elif min(len(mine), len(base)) < 2:
             kid = (mine["kid_mean"].mean() - base["kid_mean"].mean(), np.nan, np.nan)
             fid = bootstrap_interval(mine, base)
@@ -202,7 +209,7 @@ def _with_difference(table: pd.DataFrame, metrics: pd.DataFrame, keys: list[str]
             columns[f"{prefix}_diff_low95"].append(low)
             columns[f"{prefix}_diff_high95"].append(high)
         columns["interval"].append(method)
-    return table.assign(**columns)
+    return table.assign(**{f"{name}{suffix}": values for name, values in columns.items()})
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
@@ -284,6 +291,11 @@ def _table4(inputs, out, literature, markdown) -> pd.DataFrame:
     return _write(table4(collect(inputs)), inputs, out, markdown)
 
 
+@register("table5")
+def _table5(inputs, out, literature, markdown) -> pd.DataFrame:
+    return _write(table5(collect(inputs)), inputs, out, markdown)
+
+
 @register("summary")
 def _summary_claims(inputs, out, literature, markdown) -> pd.DataFrame:
     tables = {Path(path).stem: pd.read_csv(path) for path in inputs if Path(path).suffix == ".csv"}
@@ -292,7 +304,7 @@ def _summary_claims(inputs, out, literature, markdown) -> pd.DataFrame:
     reach = None
     if "table4" in tables and "table1" in tables:  # the fast samplers against the sampler of Table 1
         reach = evaluations_to_reach(tables["table4"], str(tables["table1"]["sampler"].iloc[0]))
-    atomic_write_text(out, summary_markdown(table, reach))
+    atomic_write_text(out, summary_markdown(table, reach, tables.get("table5")))
     provenance.write_sidecar(out, {"aggregates": [str(path) for path in inputs]})
     return table
 
@@ -313,7 +325,7 @@ def _source(path: str | Path) -> dict:
 CLAIM_TABLES = {"table1": ("dataset",), "table3": ("arch_label",), "table4": ("sampler",)}
 
 
-def _verdict(low: float, high: float) -> str:
+def verdict(low: float, high: float) -> str:
     """``supported`` when the whole interval is below 0, ``not supported`` above 0, else (or none) ``inconclusive``."""
     return "supported" if high < 0 else "not supported" if low > 0 else "inconclusive"
 
@@ -324,7 +336,8 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
     Every non-baseline row of Table 1 (per dataset, FID and KID), Table 3 (per architecture) and Table 4 (per
     sampler) tests "this objective lowers the metric against the baseline": ``supported`` when the whole 95% interval
     of the difference is below 0, ``not supported`` when it is above 0, ``inconclusive`` when it contains 0 or there
-    is no interval; ``not tested`` where the dataset has no baseline model. With two or more datasets in Table 1,
+    is no interval; ``not tested`` where the dataset has no baseline model. Table 5 tests every other weighting
+    against the baseline and against P2 (:func:`_weighting_study`). With two or more datasets in Table 1,
     "the gain is largest on the smallest dataset" (:func:`_largest_on_smallest`); with Figure 4's final-checkpoint
     metrics (``training``), "cosine is worse than linear" per objective (:func:`_cosine_worse`).
     """
@@ -337,7 +350,7 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
             metrics = ("fid", "kid") if name == "table1" else ("fid",)
             for metric in metrics:
                 low, high = row[f"{metric}_diff_low95"], row[f"{metric}_diff_high95"]
-                verdict = "not tested" if row["interval"] == NO_BASELINE else _verdict(low, high)
+                judged = "not tested" if row["interval"] == NO_BASELINE else verdict(low, high)
                 rows.append(
                     {
                         "table": name,
@@ -346,13 +359,15 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
                         "low95": low,
                         "high95": high,
                         "interval": row["interval"],
-                        "verdict": verdict,
+                        "verdict": judged,
                     }
                 )
     if "table1" in tables:
         rows += _largest_on_smallest(tables["table1"])
     if "table4" in tables:
         rows += _gain_with_few_evaluations(tables["table4"])
+    if "table5" in tables:
+        rows += _weighting_study(tables["table5"])
     if training is not None:
         rows += _cosine_worse(training)
     return pd.DataFrame(rows)
@@ -372,11 +387,11 @@ def _largest_on_smallest(table: pd.DataFrame) -> list[dict]:
         group = group.sort_values("n_reference")
         smallest, others = group.iloc[0], group.iloc[1:]
         if (others["fid_diff_high95"] < smallest["fid_diff_low95"]).any():
-            verdict = "not supported"
+            judged = "not supported"
         elif (smallest["fid_diff_high95"] < others["fid_diff_low95"]).all():
-            verdict = "supported"
+            judged = "supported"
         else:
-            verdict = "inconclusive"
+            judged = "inconclusive"
         rows.append(
             {
                 "table": "table1",
@@ -385,9 +400,32 @@ def _largest_on_smallest(table: pd.DataFrame) -> list[dict]:
                 "low95": np.nan,
                 "high95": np.nan,
                 "interval": "compares the per-dataset 95% intervals of Table 1 (no joint interval)",
-                "verdict": verdict,
+                "verdict": judged,
             }
         )
+    return rows
+
+
+def _weighting_study(table: pd.DataFrame) -> list[dict]:
+    """Table 5's claims: every weighting other than the baseline and P2 "lowers FID against the baseline" and "against
+    P2" (P2 against the baseline is Table 1's claim), with the verdict rule of :func:`claims`."""
+    rows = []
+    for _, row in table[~table["objective"].isin(["baseline", "p2"])].iterrows():
+        for reference, suffix in (("baseline", ""), ("p2", "_vs_p2")):
+            if f"fid_diff{suffix}" not in row or row[f"interval{suffix}"] in (NO_BASELINE, f"no {reference}"):
+                continue
+            low, high = row[f"fid_diff{suffix}_low95"], row[f"fid_diff{suffix}_high95"]
+            rows.append(
+                {
+                    "table": "table5",
+                    "claim": f"{row['objective']} lowers FID vs {reference} ({row['dataset']}, weighting study)",
+                    "difference": row[f"fid_diff{suffix}"],
+                    "low95": low,
+                    "high95": high,
+                    "interval": row[f"interval{suffix}"],
+                    "verdict": verdict(low, high),
+                }
+            )
     return rows
 
 
@@ -406,8 +444,8 @@ def _gain_with_few_evaluations(table: pd.DataFrame) -> list[dict]:
         if group["interval"].eq(NO_BASELINE).all():
             continue
         weakest = group.sort_values("fid_diff").iloc[-1]
-        verdicts = [_verdict(a, b) for a, b in zip(group["fid_diff_low95"], group["fid_diff_high95"], strict=True)]
-        verdict = (
+        verdicts = [verdict(a, b) for a, b in zip(group["fid_diff_low95"], group["fid_diff_high95"], strict=True)]
+        judged = (
             "supported"
             if all(v == "supported" for v in verdicts)
             else "not supported"
@@ -423,7 +461,7 @@ def _gain_with_few_evaluations(table: pd.DataFrame) -> list[dict]:
                 "low95": weakest["fid_diff_low95"],
                 "high95": weakest["fid_diff_high95"],
                 "interval": weakest["interval"],
-                "verdict": verdict,
+                "verdict": judged,
             }
         )
     return rows
@@ -482,15 +520,18 @@ def _cosine_worse(metrics: pd.DataFrame) -> list[dict]:
                 "low95": low,
                 "high95": high,
                 "interval": method,
-                "verdict": _verdict(-high, -low),
+                "verdict": verdict(-high, -low),
             }
         )
     return rows
 
 
-def summary_markdown(claims_table: pd.DataFrame, reach: pd.DataFrame | None = None) -> str:
+def summary_markdown(
+    claims_table: pd.DataFrame, reach: pd.DataFrame | None = None, study: pd.DataFrame | None = None
+) -> str:
     """A short generated summary: one line per claim, numbers from the tables, never written by hand; with
-    ``reach`` (:func:`evaluations_to_reach`) also the fewest model evaluations per sampler reaching Table 1's FID."""
+    ``reach`` (:func:`evaluations_to_reach`) also the fewest model evaluations per sampler reaching Table 1's FID,
+    with ``study`` (Table 5) the weightings ranked by FID."""
     lines = [
         "# What this run shows",
         "",
@@ -505,6 +546,11 @@ def summary_markdown(claims_table: pd.DataFrame, reach: pd.DataFrame | None = No
         lines.append(
             f"- **{c['verdict']}**: {c['claim']} ({c['table']}): {c['difference']:+.3g}, {interval}; {c['interval']}."
         )
+    if study is not None and not study.empty:
+        lines += ["", "## Weightings ranked by FID (Table 5; mean +- std over seeds, lowest first)", ""]
+        for _, r in study.sort_values("fid_mean").iterrows():
+            spread = f" +- {r['fid_std']:.3g}" if pd.notna(r["fid_std"]) else ""
+            lines.append(f"- {r['objective']} ({r.get('weighting', r['objective'])}): {r['fid_mean']:.4g}{spread}")
     if reach is not None and not reach.empty:
         lines += [
             "",

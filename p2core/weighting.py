@@ -5,14 +5,18 @@
 :class:`p2core.diffusion.GaussianDiffusion` multiplies into ``|| eps - eps_theta(x_t, t) ||^2``. The VLB term of
 the hybrid loss is never weighted.
 
-=============  ==========================================  ===========================================
-name           weight on the eps-MSE term, ``w_t``          source
-=============  ==========================================  ===========================================
-``uniform``    ``1``                                        the baseline (L_simple, DDPM / ADM)
-``p2``         ``1 / (k + SNR)^gamma``                      Choi et al. 2022 (P2); ``gamma = 0`` is uniform
-``min_snr``    ``min(SNR, gamma) / SNR``                    Hang et al. 2023 (Min-SNR-gamma, eps form)
-``sigmoid``    ``sigmoid(b - log SNR)``                     Kingma & Gao 2023 (eps form)
-=============  ==========================================  ===========================================
+================  =================================================  =============================================
+name              weight on the eps-MSE term, ``w_t``                 source
+================  =================================================  =============================================
+``uniform``       ``1``                                               the baseline (L_simple, DDPM / ADM)
+``p2``            ``1 / (k + SNR)^gamma``                             Choi et al. 2022 (P2); ``gamma = 0`` is uniform
+``min_snr``       ``min(SNR, gamma) / SNR``                           Hang et al. 2023 (Min-SNR-gamma, eps form)
+``sigmoid``       ``sigmoid(b - log SNR)``                            Kingma & Gao 2023 (eps form)
+``soft_min_snr``  ``gamma / (gamma + SNR)``                           Crowson et al. 2024 (k-diffusion), eps form
+``edm``           ``(1 + 1/(sd^2 SNR)) N(ln s; Pm, Ps) |d ln s/dt|``  Karras et al. 2022 (EDM) under uniform t
+================  =================================================  =============================================
+
+(``s = SNR^-1/2`` is EDM's noise level ``sigma``, ``sd`` its ``sigma_data``; ``edm`` is scaled to mean 1 over t.)
 
 A new weighting is one function ``f(snr: np.ndarray, **params) -> np.ndarray`` decorated with
 ``@register("name")``.
@@ -70,6 +74,39 @@ def sigmoid(snr: np.ndarray, b: float = 0.0) -> np.ndarray:
     """Sigmoid weighting in eps units, ``sigmoid(b - log SNR)``."""
     x = b - np.log(snr)
     return np.exp(-np.logaddexp(0.0, -x))
+
+
+@register("soft_min_snr")
+def soft_min_snr(snr: np.ndarray, gamma: float = 4.0) -> np.ndarray:
+    """Soft-min-SNR in eps units, ``gamma / (gamma + SNR)``: the x0-space weight ``SNR gamma / (SNR + gamma)``, a
+    smooth minimum of SNR and ``gamma``, divided by SNR (eps-MSE = SNR x0-MSE). k-diffusion's ``soft-min-snr``
+    (Crowson et al. 2024, HDiT) is this with ``gamma = 1 / sigma_data^2 = 4`` for ``sigma_data = 0.5`` over this
+    SNR. It equals ``gamma`` times P2 with ``k = gamma`` and P2's ``gamma = 1``: P2 with a later knee."""
+    if gamma <= 0:
+        raise ValueError(f"soft_min_snr weighting needs gamma > 0, got {gamma}")
+    return gamma / (gamma + snr)
+
+
+@register("edm")
+def edm(snr: np.ndarray, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5) -> np.ndarray:
+    """EDM's training weighting (Karras et al. 2022) for a discrete-time eps model trained with uniform t.
+
+    EDM weights the denoiser (x0) loss by ``(sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` and draws
+    ``ln sigma ~ N(p_mean, p_std^2)``; here ``sigma = SNR^-1/2`` (the VP process rescaled by ``1/sqrt(abar)`` is
+    EDM's VE process). In eps units (x0-MSE = sigma^2 eps-MSE) the loss weight is ``1 + 1 / (sigma_data^2 SNR)``;
+    uniform t puts density ``1 / (T |d ln sigma / dt|)`` on ``ln sigma``, so reproducing EDM's log-normal
+    emphasis multiplies by ``N(ln sigma; p_mean, p_std) |d ln sigma / dt|`` (the derivative by central
+    differences over ``snr``, which must be every timestep's SNR in order, as :func:`loss_weights` passes it).
+    Scaled to mean 1 over t, the uniform weighting's, so the learning rate and the unweighted VLB term keep their
+    balance."""
+    if p_std <= 0 or sigma_data <= 0:
+        raise ValueError(f"edm weighting needs p_std > 0 and sigma_data > 0, got {p_std} and {sigma_data}")
+    if snr.ndim != 1 or len(snr) < 3:
+        raise ValueError("edm weighting needs the SNR of every timestep, in order (at least 3)")
+    log_sigma = -0.5 * np.log(snr)
+    density = np.exp(-0.5 * ((log_sigma - p_mean) / p_std) ** 2) / (p_std * np.sqrt(2 * np.pi))
+    weights = (1.0 + 1.0 / (sigma_data**2 * snr)) * density * np.abs(np.gradient(log_sigma))
+    return weights / weights.mean()
 
 
 def loss_weights(name: str, alphas_cumprod: np.ndarray, **params: float) -> np.ndarray:

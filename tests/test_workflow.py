@@ -131,6 +131,15 @@ BAD_CONFIGS = [
     ),
     (lambda c: c["table1"].update(objectives=["baseline", "p3"]), "table1.objectives names objective 'p3'"),
     (lambda c: c["sampling"].update(shard_size=0), "sampling.shard_size: 0 is less than the minimum of 1"),
+    (
+        lambda c: c["objectives"].update(p2_again={"weighting": "p2", "weighting_params": {"k": 1.0, "gamma": 1.0}}),
+        "objectives.p2_again: the same objective as objectives.p2 (its runs would be trained twice)",
+    ),
+    (lambda c: c["table5"].update(objectives=["baseline", "p3"]), "table5.objectives names objective 'p3'"),
+    (
+        lambda c: c["datasets"]["digits"].update(objectives={"p2": {"checkpoint": "models/nowhere.pt"}}),
+        "datasets.digits.objectives.p2.checkpoint: models/nowhere.pt not found; put it in models/",
+    ),
 ]
 
 
@@ -169,8 +178,8 @@ def test_paper_config_resolves_the_full_dag(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     stats = (result.stdout + result.stderr).split("Job stats:")[1]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
-    # Table 1: 6 datasets x 2 objectives; Table 3 adds archs b-e x 2; Figure 4 adds the 2 cosine runs
-    assert counts["train"] == 12 + 8 + 2
+    # Table 1: 6 datasets x 2 objectives; Table 3 adds archs b-e x 2; Figure 4 the 2 cosine runs; Table 5 4 more
+    assert counts["train"] == 12 + 8 + 2 + 4
     assert counts["prepare_dataset"] == 6 and "train_domain_features" not in counts
     assert counts["reference"] == 6 * 2  # every dataset, clean-fid and torch-fidelity
     # sampling fans out: every sample set is 20 shard jobs of 500 images (at least five per metrics file)

@@ -8,6 +8,7 @@ A plain module (no Snakemake): ``common.smk`` calls :func:`validate` before any 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import jsonschema
@@ -23,7 +24,7 @@ from p2core.schedule import make_betas
 from p2core.weighting import loss_weights
 
 SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
-ARTIFACT_SECTIONS = ("table1", "table3", "table4", "figure1", "figure2", "figure4")
+ARTIFACT_SECTIONS = ("table1", "table3", "table4", "table5", "figure1", "figure2", "figure4")
 #: artifact-section fields that name config entries, and the kind of entry each names
 EMBEDDED_SOURCES = tuple(f"embedded:{name}" for name in EMBEDDED)
 REFERENCES = {
@@ -56,6 +57,7 @@ def validate(cfg: dict) -> dict:
     _check_names(cfg)
     _check_snapshots(cfg)
     _check_unavailable(cfg)
+    _check_distinct_objectives(cfg)
     kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
     if kid != "auto" and kid > samples:
         raise ConfigError(f"evaluation.kid_subset_size: {kid} is larger than sampling.num_samples {samples}")
@@ -139,6 +141,19 @@ def _check_names(cfg: dict) -> None:
     for where, precision in precisions:
         if precision not in PRECISIONS:
             raise ConfigError(f"{where}: unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+
+
+def _check_distinct_objectives(cfg: dict) -> None:
+    """Two objectives with the same settings would train the same model twice under two names."""
+    seen = {}
+    for name, objective in cfg["objectives"].items():
+        settings = json.dumps({"schedule": cfg["schedule"], "weighting_params": {}, **objective}, sort_keys=True)
+        if settings in seen:
+            raise ConfigError(
+                f"objectives.{name}: the same objective as objectives.{seen[settings]} (its runs would be trained "
+                "twice); name it once and list that name wherever it is used"
+            )
+        seen[settings] = name
 
 
 def _check_unavailable(cfg: dict) -> None:

@@ -35,7 +35,9 @@ RULES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
     "table2": ("table", {TABLES: ("table2",)}),
     "table3": ("table", {TABLES: ("table3",)}),
     "table4": ("table", {TABLES: ("table4",)}),
+    "table5": ("table", {TABLES: ("table5",)}),
     "summary": ("table", {TABLES: ("summary",)}),
+    "paper_tex": ("tex", {}),
     "run_table": ("runs", {}),
 }
 

@@ -245,6 +245,17 @@ def table4_metrics(wildcards=None):
     ]
 
 
+def table5_metrics(wildcards=None):
+    """The weighting study's metrics: Table 1's sampler, so its baseline and P2 runs are Table 1's (the same paths)."""
+    sec = section("table5")
+    return [
+        metrics_file(sec["dataset"], o, default_arch(sec), s)
+        for o in sec["objectives"]
+        if available(sec["dataset"], o)
+        for s in sec.get("seeds", config["seeds"])
+    ]
+
+
 def figure4_metrics(wildcards=None):
     sec = section("figure4")
     arch = default_arch(sec)
@@ -261,7 +272,8 @@ def figure4_metrics(wildcards=None):
 def evaluated_metrics():
     """Every metrics file the configured tables and figures use, once each."""
     files = table1_metrics()
-    for name, collect in (("table3", table3_metrics), ("table4", table4_metrics), ("figure4", figure4_metrics)):
+    sections = (("table3", table3_metrics), ("table4", table4_metrics), ("table5", table5_metrics))
+    for name, collect in (*sections, ("figure4", figure4_metrics)):
         if name in config:
             files += collect()
     return list(dict.fromkeys(files))
@@ -315,6 +327,7 @@ def tags(wildcards):
         "checkpoint": ckpt,
         "step": steps if ckpt == "final" else int(ckpt[4:]),
         "model_source": f"imported {Path(source).name}" if source else "trained",
+        "weighting": weighting_label(objective_cfg(wildcards.dataset, wildcards.objective)),
         "sampler": wildcards.sampler,
         "training_steps": steps,
         "num_timesteps": config["num_timesteps"],
@@ -363,17 +376,26 @@ def fig3_weightings():
     """Figure 3 curves: every configured objective on the linear schedule (the figure draws both schedules)."""
     curves = {}
     for name, objective in config["objectives"].items():
-        label = objective["weighting"] + "".join(f" {k}={v}" for k, v in objective.get("weighting_params", {}).items())
-        curves.setdefault(label, [objective["weighting"], objective.get("weighting_params", {})])
+        curves.setdefault(weighting_label(objective), [objective["weighting"], objective.get("weighting_params", {})])
     return json.dumps(curves, sort_keys=True)
 
 
+def weighting_label(objective):
+    """``p2 gamma=0.5 k=1.0``: an objective's weighting and its parameters."""
+    return objective["weighting"] + "".join(f" {k}={v}" for k, v in objective.get("weighting_params", {}).items())
+
+
 def summary_inputs():
-    """What tests a claim of the paper: the table CSVs (Tables 1, 3 and 4, where configured) and the final
+    """What tests a claim of the paper: the table CSVs (Tables 1, 3, 4 and 5, where configured) and the final
     checkpoints' metrics of Figure 4's runs (linear vs cosine schedule)."""
-    tables = [f"results/{name}.csv" for name in ("table1", "table3", "table4") if name in config]
+    tables = paper_tables()
     training = [m for m in figure4_metrics() if Path(m).parent.name == "final"] if "figure4" in config else []
     return tables + training
+
+
+def paper_tables():
+    """The table CSVs that become LaTeX (results/paper/table<N>.tex): Tables 1, 3, 4 and 5, where configured."""
+    return [f"results/{name}.csv" for name in ("table1", "table3", "table4", "table5") if name in config]
 
 
 def all_artifacts():
@@ -382,6 +404,8 @@ def all_artifacts():
         targets.append("results/table3.csv")
     if "table4" in config:
         targets += ["results/table4.csv", "results/figures/fig7_fid_vs_steps.png"]
+    if "table5" in config:
+        targets.append("results/table5.csv")
     if "figure1" in config:
         targets += [f"results/figures/fig1_{d}.png" for d in config["figure1"]["datasets"]]
     if "figure2" in config:
@@ -389,7 +413,7 @@ def all_artifacts():
     if "figure4" in config:
         targets.append("results/figures/fig4_fid_during_training.png")
     targets += [f"results/figures/{fig}_samples.png" for fig in config.get("sample_figures", {})]
-    targets += evaluated_grids() + ["results/runs.csv"]
+    targets += evaluated_grids() + ["results/runs.csv", "results/paper/numbers.tex"]
     targets += [f"results/figures/curves_{d}.png" for d in section("table1")["datasets"] if table1_runs(d, True)]
     return targets
 

@@ -17,6 +17,25 @@ rule table1:
         "python -m p2core table table1 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
+rule table5:
+    """The weighting study: one row per weighting (uniform, P2, Min-SNR, ...), against the baseline and against P2."""
+    input:
+        table5_metrics,
+    output:
+        csv=report("results/table5.csv", caption="../report/table5.rst", category="Tables", labels={"table": "5"}),
+        markdown="results/table5.md",
+    log:
+        "logs/table5/table5.log",
+    benchmark:
+        "benchmarks/jobs/table5/table5.tsv"
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=code("table5"),
+    shell:
+        "python -m p2core table table5 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+
+
 rule table2:
     """Our numbers beside published ones from the user's literature CSV (none shipped, none invented)."""
     input:
@@ -115,3 +134,21 @@ rule run_table:
         code=code("run_table"),
     shell:
         "python -m p2core runs {params.folders} --csv {output} > {log} 2>&1"
+
+
+rule paper_tex:
+    """The tables as LaTeX for a write-up (booktabs, best per group in bold) and numbers.tex: one \\newcommand per
+    number, named after its table and row (p2core/tex.py), so a paper's text cites the DAG's numbers, never copies."""
+    input:
+        paper_tables(),
+    output:
+        [f"results/paper/{Path(table).stem}.tex" for table in paper_tables()],
+        numbers="results/paper/numbers.tex",
+    log:
+        "logs/paper_tex/paper_tex.log",
+    conda:
+        "../envs/p2.yaml"
+    params:
+        code=code("paper_tex"),
+    shell:
+        "python -m p2core tex {input} --out-dir results/paper > {log} 2>&1"
