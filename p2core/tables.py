@@ -176,13 +176,13 @@ def _with_difference(
     """Add, per row, the difference to the ``reference`` objective's row with the same ``keys`` (negative = lower
     than it) for FID and KID, with its 95% interval and the method in ``interval``: Welch t over seeds with two or
     more seeds on each side; with one, a paired bootstrap over samples for FID (:func:`bootstrap_interval`) and none
-    for KID. Columns ``fid_diff``, ``fid_diff_low95``, ``fid_diff_high95``, ``kid_diff``, ..., ``interval``, each
-    with ``suffix`` appended (``fid_diff_vs_p2``, ...)."""
+    for KID. Columns ``fid_diff``, ``fid_diff_low95``, ``fid_diff_high95``, ``kid_diff``, ..., ``interval``, with
+    ``suffix`` after ``diff`` and ``interval``: ``fid_diff_vs_p2``, ``fid_diff_vs_p2_low95``, ``interval_vs_p2``."""
     if reference not in set(table["objective"]):
         return table
     groups = {name: rows for name, rows in metrics.groupby([*keys, "objective"], sort=False)}
-    names = [f"{m}_diff{end}" for m in ("fid", "kid") for end in ("", "_low95", "_high95")] + ["interval"]
-    columns = {name: [] for name in names}
+    diff, interval = f"_diff{suffix}", f"interval{suffix}"
+    columns = {f"{m}{diff}{end}": [] for m in ("fid", "kid") for end in ("", "_low95", "_high95")} | {interval: []}
     for _, row in table.iterrows():
         key = tuple(row[k] for k in keys)
         mine, base = groups[(*key, row["objective"])], groups.get((*key, reference))
@@ -205,11 +205,11 @@ def _with_difference(
             method = f"95% Welch t over seeds ({len(mine)} vs {len(base)})"
             results = [welch_interval(mine[m].to_numpy(), base[m].to_numpy()) for m in ("fid", "kid_mean")]
         for prefix, (difference, low, high) in zip(("fid", "kid"), results, strict=True):
-            columns[f"{prefix}_diff"].append(difference)
-            columns[f"{prefix}_diff_low95"].append(low)
-            columns[f"{prefix}_diff_high95"].append(high)
-        columns["interval"].append(method)
-    return table.assign(**{f"{name}{suffix}": values for name, values in columns.items()})
+            columns[f"{prefix}{diff}"].append(difference)
+            columns[f"{prefix}{diff}_low95"].append(low)
+            columns[f"{prefix}{diff}_high95"].append(high)
+        columns[interval].append(method)
+    return table.assign(**columns)
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
@@ -343,7 +343,7 @@ def claims(tables: dict[str, pd.DataFrame], training: pd.DataFrame | None = None
     """
     rows = []
     for name, table in tables.items():
-        if "interval" not in table:
+        if "interval" not in table or name not in CLAIM_TABLES:  # Table 5: _weighting_study
             continue
         for _, row in table[table["objective"] != "baseline"].iterrows():
             where = ", ".join(f"{row[k]}" for k in CLAIM_TABLES[name])

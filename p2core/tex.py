@@ -47,16 +47,20 @@ def macro_part(name: object) -> str:
     return "".join(DIGITS[int(w)] if w.isdigit() else w[0].upper() + w[1:] for w in words)
 
 
-def number(value: float) -> str:
-    """A table number: ``--`` when missing; two decimals from 1 to 100, one above, three significant digits below."""
+def decimals(value: float) -> int:
+    """Decimals a table shows for ``value``: one from 100, two from 1, else three significant digits."""
+    magnitude = abs(float(value))
+    if not math.isfinite(magnitude) or magnitude >= 100:
+        return 1
+    return 2 if magnitude >= 1 or magnitude == 0 else 2 - math.floor(math.log10(magnitude))
+
+
+def number(value: float, like: float | None = None) -> str:
+    """A table number, ``--`` when missing; with the decimals of ``like`` (a std or interval beside its mean)."""
     if value is None or not math.isfinite(float(value)):
         return "--"
-    value = float(value)
-    if abs(value) >= 100:
-        return f"{value:.1f}"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
+    places = decimals(value if like is None or not math.isfinite(float(like)) else like)
+    return f"{float(value):.{places}f}"
 
 
 def escape(text: object) -> str:
@@ -82,7 +86,7 @@ def table_tex(name: str, table: pd.DataFrame) -> str:
         cells = [escape(row[k]) for k in keys]
         for metric, _, _ in METRICS:
             mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-            text = number(mean) + (f" \\pm {number(std)}" if pd.notna(std) else "")
+            text = number(mean) + (f" \\pm {number(std, like=mean)}" if pd.notna(std) else "")
             bold = pd.notna(mean) and mean == best[metric][index]
             cells.append(f"$\\mathbf{{{text}}}$" if bold else f"${text}$")
         for suffix, _, _ in differences:
@@ -91,7 +95,9 @@ def table_tex(name: str, table: pd.DataFrame) -> str:
                 cells.append("no baseline" if row.get(f"interval{suffix}") == NO_BASELINE else "--")
                 continue
             low, high = row[f"fid_diff{suffix}_low95"], row[f"fid_diff{suffix}_high95"]
-            interval = f" {{\\scriptsize $[{number(low)}, {number(high)}]$}}" if pd.notna(low) else ""
+            interval = (
+                f" {{\\scriptsize $[{number(low, difference)}, {number(high, difference)}]$}}" if pd.notna(low) else ""
+            )
             cells.append(f"${number(difference)}${interval}")
         lines.append(" & ".join(cells) + " \\\\")
     lines += [
@@ -112,7 +118,7 @@ def macros(name: str, table: pd.DataFrame) -> dict[str, str]:
         stem = prefix + "".join(macro_part(row[k]) for k in keys)
         for metric, part, _ in METRICS:
             found[f"{stem}{part}"] = number(row[f"{metric}_mean"])
-            found[f"{stem}{part}Std"] = number(row[f"{metric}_std"])
+            found[f"{stem}{part}Std"] = number(row[f"{metric}_std"], like=row[f"{metric}_mean"])
             for suffix, difference, _ in DIFFERENCES:
                 column = f"{metric}_diff{suffix}"
                 if column not in row or pd.isna(row[column]):
@@ -120,7 +126,7 @@ def macros(name: str, table: pd.DataFrame) -> dict[str, str]:
                 low, high = row[f"{column}_low95"], row[f"{column}_high95"]
                 name_of = f"{stem}{part}{difference}"
                 found[name_of] = number(row[column])
-                found[f"{name_of}Low"], found[f"{name_of}High"] = number(low), number(high)
+                found[f"{name_of}Low"], found[f"{name_of}High"] = number(low, row[column]), number(high, row[column])
                 found[f"{stem}{part}{'Verdict' if difference == 'Diff' else difference + 'Verdict'}"] = verdict(
                     float(low), float(high)
                 )

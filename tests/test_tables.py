@@ -13,6 +13,7 @@ from p2core.tables import (
     table1,
     table3,
     table4,
+    table5,
     welch_interval,
 )
 
@@ -197,3 +198,20 @@ def test_fewest_evaluations_to_reach_table1s_sampler_and_the_gain_with_fast_samp
     assert few[few["claim"].str.contains("10-25")].iloc[0]["verdict"] == "not supported"
     text = summary_markdown(claims({"table4": table}), reach.reset_index())
     assert "reaching ddpm250's FID" in text and "- p2, dpmpp2m: 10 (25x fewer)" in text and "not reached" in text
+
+
+def test_the_weighting_study_compares_every_weighting_to_the_baseline_and_to_p2():
+    rows = [
+        ("d", "a", "A", objective, s, fid + 0.2 * s, 0.1)
+        for objective, fid in (("baseline", 10.0), ("p2", 7.0), ("min_snr", 5.0), ("edm", 8.0))
+        for s in range(3)
+    ]
+    table = table5(metrics(rows)).set_index("objective")
+    assert list(table.index) == ["min_snr", "p2", "edm", "baseline"]  # best FID first
+    assert table.loc["min_snr", "fid_diff"] == pytest.approx(-5.0) and table.loc["min_snr", "fid_diff_vs_p2"] == -2.0
+    assert table.loc["p2", "interval_vs_p2"] == "reference" and table.loc["min_snr", "fid_diff_vs_p2_low95"] < -1.9
+    found = claims({"table5": table.reset_index()}).set_index("claim")["verdict"]
+    assert found["min_snr lowers FID vs p2 (d, weighting study)"] == "supported"
+    assert found["edm lowers FID vs p2 (d, weighting study)"] == "not supported"  # +1 +- 0.45
+    assert found["edm lowers FID vs baseline (d, weighting study)"] == "supported"
+    assert not any(claim.startswith(("p2 ", "baseline ")) for claim in found.index)  # those are Table 1's claims

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from p2core.tex import macro_part, number
+from p2core.tex import macro_part, number, write_tex
 
 TABLES = ("table1", "table3", "table4", "table5")
 
@@ -27,6 +27,31 @@ def test_macro_names_are_letters_a_reader_can_guess():
     assert macro_part("p2_gamma05") == "PTwoGammaZeroFive" and macro_part("digits") == "Digits"
     assert macro_part("dpmpp2m10") == "DpmppTwoMOneZero"
     assert (number(7.7791), number(0.012345), number(123.45), number(float("nan"))) == ("7.78", "0.0123", "123.5", "--")
+    assert number(0.2, like=7.2) == "0.20" and number(0.01234, like=0.5) == "0.012"  # a std as its mean
+
+
+def test_tables_become_booktabs_and_macros_with_the_best_in_bold(tmp_path):
+    from test_tables import metrics
+
+    from p2core.tables import table1, table5
+
+    rows = [
+        ("d", "a", "A", o, s, f + 0.2 * s, 0.1)
+        for o, f in (("baseline", 10.0), ("p2", 7.0), ("p2_gamma05", 8.0))
+        for s in range(3)
+    ]
+    for name, build in (("table1", table1), ("table5", table5)):
+        build(metrics(rows)).to_csv(tmp_path / f"{name}.csv", index=False)
+    written = write_tex([tmp_path / "table1.csv", tmp_path / "table5.csv"], tmp_path / "paper")
+    assert [p.name for p in written] == ["table1.tex", "table5.tex", "numbers.tex"]
+    macros = dict(re.findall(r"\\newcommand\{\\(\w+)\}\{([^}]*)\}", written[-1].read_text()))
+    assert macros["TabFiveDPTwoGammaZeroFiveFidVsPTwo"] == "1.00" and macros["TabOneDPTwoFid"] == "7.20"
+    assert (
+        macros["TabOneDPTwoFidVerdict"] == "supported"
+        and macros["TabFiveDPTwoGammaZeroFiveFidVsPTwoVerdict"] == "not supported"
+    )
+    table = written[1].read_text()
+    assert "$\\mathbf{7.20 \\pm 0.20}$" in table and "p2\\_gamma05" in table and "\\toprule" in table
 
 
 def test_the_numbers_are_the_tables(built):
