@@ -127,7 +127,7 @@ def macros(name: str, table: pd.DataFrame) -> dict[str, str]:
                 name_of = f"{stem}{part}{difference}"
                 found[name_of] = number(row[column])
                 found[f"{name_of}Low"], found[f"{name_of}High"] = number(low, row[column]), number(high, row[column])
-                found[f"{stem}{part}{'Verdict' if difference == 'Diff' else difference + 'Verdict'}"] = verdict(
+                found[f"{stem}{part}{'' if difference == 'Diff' else difference}Verdict"] = verdict(
                     float(low), float(high)
                 )
     return found
