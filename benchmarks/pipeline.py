@@ -17,6 +17,12 @@ apart), with all cores, like the fp32 line of ``benchmarks/throughput.py --quick
 
 Also prints the job seconds per rule of each phase (from the jobs' ``benchmarks/jobs/`` files; jobs run side by
 side, so these add up to more than the wall clock) and Table 1, so the numbers of the timed run are on record.
+
+Minutes at the reference calibration: machines differ by 2x and more, so every time is also printed as
+``seconds x calibration / REFERENCE_IMG_PER_S / 60`` (``reference_min``), the calibration being the mean of the
+figures before and after the DAG and the reference 8.56 img/s the one of the project's slowest CPU (a 2-core AMD
+EPYC, AVX2 only). ``budget`` compares those with the goals: Table 1 <= 15 minutes, every artifact <= 35, a no-op
+rerun <= 2 s (wall clock, not scaled).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ ISA_CAPS = {  # --isa: (oneDNN's cap, ATen's kernel set)
     "avx2": ("AVX2", "avx2"),
     "avx512": ("AVX512_CORE", "avx512"),
 }
+REFERENCE_IMG_PER_S = 8.56  # benchmarks/throughput.py --quick fp32 training img/s on the 2-core AVX2-only EPYC
+BUDGET_MIN = {"table1": 15, "all_artifacts": 35}  # at the reference calibration
+NOOP_BUDGET_S = 2
 CALIBRATION = """
 import json, torch, throughput
 from p2core.device import native_bf16
@@ -76,6 +85,37 @@ def rounded(seconds: Counter) -> dict:
     return {rule: round(value, 1) for rule, value in seconds.most_common() if value > 0}
 
 
+def at_reference(seconds: float, img_per_s: float) -> float:
+    """Minutes that ``seconds`` measured at calibration ``img_per_s`` take at the reference calibration."""
+    return round(seconds * img_per_s / REFERENCE_IMG_PER_S / 60, 2)
+
+
+def scaled(report: dict) -> dict:
+    """``reference_min`` of every phase and job total, and the budget verdicts (see the module docstring)."""
+    figures = [report[k]["small_fp32_train_img_per_s"] for k in ("calibration_before", "calibration_after")]
+    img_per_s = sum(figures) / len(figures)
+    minutes = {
+        phase: at_reference(report[f"{phase}_s"], img_per_s)
+        for phase in ("table1", "remaining_artifacts", "all_artifacts")
+        if f"{phase}_s" in report
+    }
+    for phase in ("table1_job_s", "remaining_job_s"):
+        if phase in report:
+            minutes[phase.replace("_s", "_min")] = {r: at_reference(s, img_per_s) for r, s in report[phase].items()}
+    budget = {
+        phase: {"reference_min": minutes[phase], "goal_min": goal, "met": minutes[phase] <= goal}
+        for phase, goal in BUDGET_MIN.items()
+        if phase in minutes
+    }
+    if "noop_rerun_s" in report:
+        budget["noop_rerun"] = {
+            "s": round(report["noop_rerun_s"], 2),
+            "goal_s": NOOP_BUDGET_S,
+            "met": report["noop_rerun_s"] <= NOOP_BUDGET_S,
+        }
+    return {"calibration_img_per_s": round(img_per_s, 2), "reference_min": minutes, "budget": budget}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cores", type=int, default=2)
@@ -105,6 +145,7 @@ def main():
         report["remaining_job_s"] = rounded(job_seconds(workdir) - table1_jobs)
         report["noop_rerun_s"] = timed(snakemake, workdir, env)
     report["calibration_after"] = calibrate(workdir, env)
+    report.update(scaled(report))
     report["table1"] = (workdir / "results/table1.md").read_text()
     print(json.dumps(report, indent=2))
 

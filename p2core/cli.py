@@ -30,6 +30,14 @@ def _threads_option(parser, default: int | None = None) -> None:
     parser.add_argument("--threads", type=int, default=default or os.cpu_count(), help="CPU threads")
 
 
+def _layout(value: str) -> bool | str:
+    """``--channels-last`` values: auto, true or false."""
+    choices = {"auto": "auto", "true": True, "false": False}
+    if value.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"{value!r}: choose auto, true or false")
+    return choices[value.lower()]
+
+
 def _progress_option(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -124,6 +132,9 @@ def args_sample(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="auto: bf16 where native")
     parser.add_argument("--out", required=True, help="output shard .npz (uint8 NHWC, key arr_0, and first_index)")
+    parser.add_argument(
+        "--channels-last", type=_layout, default="auto", help="memory layout: auto (measured faster here), true, false"
+    )
     _device_option(parser)
     _threads_option(parser)
     _progress_option(parser)
@@ -144,6 +155,7 @@ def cmd_sample(args) -> None:
         args.device,
         args.precision,
         progress=not args.no_progress,
+        channels_last=args.channels_last,
     )
     print(f"wrote images {args.start}..{args.start + len(images) - 1} to {args.out}")
 

@@ -1,5 +1,6 @@
-"""Where and in which precision a step runs: the device (``auto``: CUDA when available) and bf16 autocast where the
-hardware runs it natively. Importing it does not import torch (the workflow reads :data:`PRECISIONS`)."""
+"""Where, in which precision and in which memory layout a step runs: the device (``auto``: CUDA when available), bf16
+autocast where the hardware runs it natively, and channels_last where it was measured faster. Importing it does not
+import torch (the workflow reads :data:`PRECISIONS` and :data:`LAYOUTS`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,30 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
+#: values of a ``channels_last`` setting: ``auto`` takes :data:`CHANNELS_LAST_FASTER`, a boolean forces a layout
+LAYOUTS = ("auto", True, False)
+PHASES = ("train", "sample")
+
+#: Whether channels_last (NHWC) is the faster layout, per device type and phase: speedups over contiguous NCHW measured
+#: in the same run by ``benchmarks/throughput.py`` (fp32, 2 threads; bf16 where native), on the project's CPUs:
+#:
+#: ============  ==========================  ==============================  ========================
+#: phase         2-core AMD EPYC, AVX2 only  2-core Xeon, AVX2 cap / native  2-core EPYC Zen 5, native
+#: ============  ==========================  ==============================  ========================
+#: train         0.97                        1.07 / 1.03 (bf16 1.19)         1.06 (bf16 1.03)
+#: sample        1.26                        0.98 / 1.00 (bf16 1.43)         1.05-1.17 (bf16 1.11)
+#: ============  ==========================  ==============================  ========================
+#:
+#: On CUDA channels_last is what cuDNN's tensor-core convolutions take natively (``benchmarks/gpu_check.py`` measures
+#: both layouts). One fixed choice per device type, not a measurement at run time: the layout changes how a
+#: convolution rounds, and the embedded default's numbers are identical across machines only while every machine
+#: uses the same layout.
+CHANNELS_LAST_FASTER = {
+    ("cpu", "train"): True,
+    ("cpu", "sample"): True,
+    ("cuda", "train"): True,
+    ("cuda", "sample"): True,
+}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -71,3 +96,15 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     import torch
 
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
+
+
+def use_channels_last(setting: bool | str, device: torch.device, phase: str) -> bool:
+    """Whether ``phase`` (``train`` or ``sample``) runs in channels_last on ``device``: ``auto`` gives the measured
+    choice of :data:`CHANNELS_LAST_FASTER` (contiguous for device types not in it), ``True``/``False`` force it."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+    if setting == "auto":
+        return CHANNELS_LAST_FASTER.get((device.type, phase), False)
+    if isinstance(setting, bool):
+        return setting
+    raise P2Error(f"channels_last must be auto, true or false, got {setting!r}")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from p2core import provenance
-from p2core.device import autocast, pick_device, resolve_precision
+from p2core.device import autocast, pick_device, resolve_precision, use_channels_last
 from p2core.errors import P2Error
 from p2core.images import to_uint8
 from p2core.lock import FileLock
@@ -32,18 +32,23 @@ def generate(
     clip_denoised: bool = True,
     progress: bool = True,
     start: int = 0,
+    channels_last: bool | str = "auto",
 ) -> np.ndarray:
     """Draw images ``start .. start+num_samples-1`` of a sample set from a checkpoint's EMA weights; uint8 (N, H, W, C).
 
     ``sampler`` as :func:`p2core.respace.parse_sampler` reads it (``ddpm250``, ``ddim25``, ...). Image ``i`` draws
     its initial noise and every step's noise from its own generator seeded by ``(seed, i)``: it depends only on
     (checkpoint, sampler, seed, ``i``), never on the batch size or on how the set is split into shards (bit for bit
-    on the CPU in fp32), and every checkpoint sees the same noise for the same ``i``.
+    on the CPU in fp32), and every checkpoint sees the same noise for the same ``i``. ``channels_last``: the memory
+    layout (``auto``: the one measured faster for sampling on this device type, see
+    :func:`p2core.device.use_channels_last`).
     """
     if num_samples < 1 or start < 0:
         raise P2Error(f"need num_samples >= 1 and start >= 0, got {num_samples} and {start}")
     device = pick_device(device)
     model, diffusion, state = load_ema_model(checkpoint, device)
+    if use_channels_last(channels_last, device, "sample"):
+        model.to(memory_format=torch.channels_last)
     kind, process = for_sampler(diffusion, sampler)
     geometry = state["spec"]["model"]
     channels, size = geometry["in_channels"], geometry["image_size"]
@@ -85,12 +90,26 @@ def draw_shard(
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = True,
+    channels_last: bool | str = "auto",
 ) -> np.ndarray:
     """Draw images ``start .. start+num-1`` (see :func:`generate`) into the shard file ``out``, holding a lock on it
     (``.<name>.lock`` beside it) so that a duplicated job exits instead of drawing the same shard twice."""
     out = Path(out)
     with FileLock(out.with_name(f".{out.name}.lock")):
-        images = generate(checkpoint, sampler, num, batch_size, seed, device, precision, progress=progress, start=start)
+        images = generate(
+            checkpoint,
+            sampler,
+            num,
+            batch_size,
+            seed,
+            device,
+            precision,
+            progress=progress,
+            start=start,
+            channels_last=channels_last,
+        )
         used = pick_device(device)
-        save_shard(out, images, first_index=start, origin=provenance.record(used, resolve_precision(precision, used)))
+        origin = provenance.record(used, resolve_precision(precision, used))
+        origin["channels_last"] = use_channels_last(channels_last, used, "sample")
+        save_shard(out, images, first_index=start, origin=origin)
     return images

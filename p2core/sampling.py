@@ -4,8 +4,9 @@ Every sampler has one signature, ``sampler(process, model, x, steps, noise, clip
 after each reverse step of ``process`` (a :class:`~p2core.diffusion.GaussianDiffusion`, usually respaced):
 
 * ``x``: the initial noise, (B, C, H, W); ``steps``: this process's step indices, ``T-1`` down to ``0``;
-* ``noise()``: fresh standard normal noise shaped like ``x`` from the per-image generators (only ancestral and
-  ``eta > 0`` DDIM draw it), so image ``i`` depends only on its own stream;
+* ``noise()``: fresh standard normal noise shaped like ``x`` from the per-image generators, so image ``i`` depends
+  only on its own stream; a sampler draws it only where it uses it (ancestral before its last step, DDIM with
+  ``eta > 0``): with ``B`` generators each draw is ``B`` calls;
 * ``clip_denoised``: clip predicted ``x_0`` to [-1, 1]; ``eta``: DDIM's stochasticity (0: deterministic).
 
 A new sampler is one function decorated with ``@register("kind")``, its kind added to
@@ -103,8 +104,7 @@ def ancestral(process, model, x, steps, noise, clip_denoised, eta) -> Iterator[t
     """Ancestral sampling (DDPM): ``x_{t-1} = mean + exp(log_variance / 2) * z``, the mean alone at the last step."""
     for i in steps:
         _, out = _prediction(process, model, x, i, clip_denoised)
-        z = noise()
-        x = out["mean"] if i == 0 else out["mean"] + torch.exp(0.5 * out["log_variance"]) * z
+        x = out["mean"] if i == 0 else out["mean"] + torch.exp(0.5 * out["log_variance"]) * noise()
         yield x
 
 
@@ -114,7 +114,6 @@ def ddim(process, model, x, steps, noise, clip_denoised, eta) -> Iterator[torch.
     ``sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev)``; ``eta = 0`` is deterministic."""
     for i in steps:
         t, out = _prediction(process, model, x, i, clip_denoised)
-        z = noise()
         alpha_bar = process.extract("alphas_cumprod", t, x.ndim)
         alpha_bar_prev = process.extract("alphas_cumprod_prev", t, x.ndim)
         eps = (process.extract("sqrt_recip_alphas_cumprod", t, x.ndim) * x - out["pred_xstart"]) / process.extract(
@@ -122,7 +121,7 @@ def ddim(process, model, x, steps, noise, clip_denoised, eta) -> Iterator[torch.
         )
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         mean = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
-        x = mean if i == 0 else mean + sigma * z
+        x = mean if i == 0 or eta == 0 else mean + sigma * noise()
         yield x
 
 

@@ -32,7 +32,7 @@ from p2core import provenance
 from p2core.atomic import atomic_write_text
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import load_prepared
-from p2core.device import PRECISIONS, autocast, pick_device, resolve_precision
+from p2core.device import LAYOUTS, PRECISIONS, autocast, pick_device, resolve_precision, use_channels_last
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.loader import TrainingBatches
@@ -60,7 +60,8 @@ class TrainSpec:
     ``save_every``/``log_every``: in updates;
     ``snapshot_steps``: updates after which the EMA weights are kept as ``ema_step{N}.pt``;
     ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the GPU or CPU has native bf16, else
-    fp32; see :func:`p2core.device.resolve_precision`); ``channels_last``: NHWC memory layout.
+    fp32; see :func:`p2core.device.resolve_precision`); ``channels_last``: NHWC memory layout, ``auto`` where it was
+    measured faster for training on this device type (:func:`p2core.device.use_channels_last`), or true/false.
     """
 
     model: dict
@@ -77,7 +78,7 @@ class TrainSpec:
     log_every: int = 100
     snapshot_steps: list[int] = field(default_factory=list)
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | str = "auto"
 
     def __post_init__(self):
         try:  # YAML 1.1 reads "2e-5" as a string; accept any number-like value
@@ -99,6 +100,8 @@ class TrainSpec:
             problems.append(f"ema_rate must be in [0, 1), got {self.ema_rate}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if self.channels_last not in LAYOUTS or not isinstance(self.channels_last, (bool, str)):
+            problems.append(f"channels_last must be auto, true or false, got {self.channels_last!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if any(not 0 < s < self.steps for s in self.snapshot_steps):  # a snapshot at the last step is ema.pt
@@ -240,13 +243,14 @@ class _Run:
         torch.manual_seed(derived_seed(spec.seed, "init"))
         self.model, self.diffusion = build(self.resolved)
         self.model.to(device)
-        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        self.channels_last = use_channels_last(spec.channels_last, device, "train")
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = adamw(self.model.parameters(), spec.lr, spec.weight_decay, device)
         self.start = _resume(out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
         if ranks.is_main:
-            _write_run_file(out_dir, self.resolved, device, ranks)
+            _write_run_file(out_dir, self.resolved, device, ranks, self.channels_last)
             truncate_after(out_dir / LOG_FILE, self.start)
             if self.start:
                 print(f"resuming from the checkpoint of step {self.start}", flush=True)
@@ -419,14 +423,15 @@ def _check_finite(row: dict, out_dir: Path, step: int) -> None:
         )
 
 
-def _write_run_file(out_dir: Path, resolved: dict, device: torch.device, ranks: Ranks) -> None:
-    """``run.json``: what this run is, where it runs and its provenance (commit, code fingerprint, versions,
-    precision), for ``p2core runs`` (which never loads a checkpoint)."""
+def _write_run_file(out_dir: Path, resolved: dict, device: torch.device, ranks: Ranks, channels_last: bool) -> None:
+    """``run.json``: what this run is, where it runs, in which memory layout, and its provenance (commit, code
+    fingerprint, versions, precision), for ``p2core runs`` (which never loads a checkpoint)."""
     info = {
         "spec": resolved,
         "host": socket.gethostname(),
         "device": str(device),
         "processes": ranks.world,
+        "channels_last": channels_last,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "provenance": provenance.record(device, resolve_precision(resolved["precision"], device)),
     }

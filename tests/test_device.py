@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from p2core import device
+from p2core.errors import P2Error
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
@@ -23,3 +25,17 @@ def test_an_isa_cap_below_bf16_makes_bf16_emulated(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE")
     assert not device.native_bf16(cpu)
+
+
+def test_channels_last_auto_takes_the_measured_choice_per_device_type_and_phase(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setitem(device.CHANNELS_LAST_FASTER, ("cpu", "train"), False)
+    monkeypatch.setitem(device.CHANNELS_LAST_FASTER, ("cpu", "sample"), True)
+    assert not device.use_channels_last("auto", cpu, "train") and device.use_channels_last("auto", cpu, "sample")
+    assert device.use_channels_last(True, cpu, "train") and not device.use_channels_last(False, cpu, "sample")
+    assert not device.use_channels_last("auto", torch.device("mps"), "sample")  # not measured: contiguous
+    assert device.use_channels_last("auto", cuda, "train") == device.CHANNELS_LAST_FASTER[("cuda", "train")]
+    with pytest.raises(P2Error, match="channels_last must be auto, true or false"):
+        device.use_channels_last("yes", cpu, "train")
+    with pytest.raises(ValueError, match="unknown phase"):
+        device.use_channels_last("auto", cpu, "evaluate")

@@ -87,3 +87,21 @@ def test_parse_sampler_names():
 
 def test_every_sampler_kind_has_one_registered_function():
     assert set(sampling.SAMPLER_FUNCTIONS) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "eta", "draws"), [("ddpm", 0.0, 4), ("ddim", 0.0, 0), ("ddim", 0.5, 4), ("dpmpp2m", 0, 0)]
+)
+def test_a_sampler_draws_noise_only_where_it_uses_it(kind, eta, draws):
+    """With one generator per image a draw costs B calls: none for deterministic steps or the last ancestral one."""
+    process = respaced(create_diffusion(num_timesteps=T), "5")
+    calls = []
+
+    def noise():
+        calls.append(1)
+        return torch.randn(2, 1, 4, 4)
+
+    model = FixedOutput(torch.zeros(2, 2, 4, 4))
+    steps = range(process.num_timesteps - 1, -1, -1)
+    list(sampling.SAMPLER_FUNCTIONS[kind](process, model, torch.randn(2, 1, 4, 4), steps, noise, True, eta))
+    assert len(calls) == draws

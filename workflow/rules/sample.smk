@@ -27,11 +27,12 @@ rule sample:
         batch_size=config["sampling"]["batch_size"],
         seed=config["sampling"]["seed"],
         precision=config["sampling"]["precision"],
+        channels_last=str(config["sampling"]["channels_last"]).lower(),
         code=sample_code,
     shell:
         "python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
         " --num {params.num} --batch-size {params.batch_size} --seed {params.seed} --precision {params.precision}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --channels-last {params.channels_last} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule sample_grid:
