@@ -16,8 +16,11 @@ fewest model evaluations whose FID is at or below that objective's ``ddpm50`` FI
 that gives (each step is one model evaluation, whatever the sampler), or "never" in the range measured.
 
 Against the authors' code: with ``--authors DIR`` (an unpacked jychoi118/P2-weighting snapshot; nothing of it is
-copied here) their training step and DDIM sampling are timed in the same run on the same small config in fp32, and
-``p2core_vs_authors`` gives p2core's speed over theirs per setting (training img/s; sampling per model evaluation).
+copied here) their training step and DDIM sampling are timed in the same run on the same small config in fp32, every
+setting and theirs measured ``--rounds`` times (default 3) in turn and each taken at its median, and
+``p2core_vs_authors`` gives p2core's speed over theirs per setting (training img/s; sampling per model evaluation);
+the last line before the JSON gives it for fp32 with the layout the pipeline picks on this device
+(``channels_last: auto``, :data:`p2core.device.CHANNELS_LAST_FASTER`).
 
 Configs: *small* = 32 px RGB, 64 channels, channel_mult 1,2,2,2, 1 res block, attention at 16, learned sigma, P2
 gamma=1, batch 16; *paper* = the authors' 256 px model (93.6 M parameters), batch 8.
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from p2core.device import cpu_flags, native_bf16
+from p2core.device import PHASES, cpu_flags, native_bf16, use_channels_last
 from p2core.diffusion import create_diffusion
 from p2core.sampling import respaced, sample
 from p2core.train import _update_ema, adamw
@@ -223,9 +226,11 @@ def main():
     parser.add_argument(
         "--authors", help="an unpacked jychoi118/P2-weighting snapshot: time the authors' code in the same run"
     )
+    parser.add_argument("--rounds", type=int, help="measurements per setting, interleaved (default 3 with --authors)")
     args = parser.parse_args()
     device = torch.device(args.device)
     steps, evaluations, images = (3, 4, 8) if args.quick else (10, 10, 16)
+    rounds = args.rounds or (3 if args.authors else 1)
     native = native_bf16(device)
     settings = [("fp32", False, False), ("fp32", True, False)]
     skipped = {}
@@ -238,25 +243,31 @@ def main():
     else:
         skipped["torch.compile"] = "CPU: minutes of compile time for no measured gain on the convolution-bound step"
     report = {"device": describe(device), "native_bf16": native, "torch": torch.__version__, "skipped": skipped}
-    results = {}
-    for precision, channels_last, compiled in settings:
-        name = precision + ("_channels_last" if channels_last else "") + ("_compile" if compiled else "")
-        results[name] = {
-            "train": train_throughput(SMALL, 16, device, precision, channels_last, steps, compiled),
-            "sample": sample_throughput(SMALL, images, device, precision, channels_last, evaluations),
-        }
-        base = results["fp32"]
-        results[name]["train_speedup"] = results[name]["train"]["img_per_s"] / base["train"]["img_per_s"]
-        results[name]["sample_speedup"] = (
-            base["sample"]["s_per_evaluation_per_image"] / results[name]["sample"]["s_per_evaluation_per_image"]
+    report["rounds"] = rounds
+    measured: dict[str, dict[str, list]] = {}
+    for _ in range(rounds):  # interleaved, so a drift of the machine's speed hits every setting alike
+        for precision, channels_last, compiled in settings:
+            name = precision + ("_channels_last" if channels_last else "") + ("_compile" if compiled else "")
+            runs = measured.setdefault(name, {"train": [], "sample": []})
+            runs["train"].append(train_throughput(SMALL, 16, device, precision, channels_last, steps, compiled))
+            runs["sample"].append(sample_throughput(SMALL, images, device, precision, channels_last, evaluations))
+            print(name, json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
+        if args.authors:  # the code p2core reimplements, same config, fp32 eager, measured now: ratios, not absolutes
+            runs = measured.setdefault("authors_fp32", {"train": [], "sample": []})
+            runs["train"].append(authors_train_throughput(args.authors, SMALL, 16, device, steps))
+            runs["sample"].append(authors_sample_throughput(args.authors, SMALL, images, device, evaluations))
+            print("authors_fp32", json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
+    results = {name: {phase: median(runs[phase]) for phase in runs} for name, runs in measured.items()}
+    authors = results.pop("authors_fp32", None)
+    base = results["fp32"]
+    for result in results.values():
+        result["train_speedup"] = result["train"]["img_per_s"] / base["train"]["img_per_s"]
+        result["sample_speedup"] = (
+            base["sample"]["s_per_evaluation_per_image"] / result["sample"]["s_per_evaluation_per_image"]
         )
-        print(name, json.dumps(results[name]), flush=True)
     report["small"] = results
-    if args.authors:  # the code p2core reimplements, same config, fp32 eager, measured now: ratios, not absolutes
-        authors = {
-            "train": authors_train_throughput(args.authors, SMALL, 16, device, steps),
-            "sample": authors_sample_throughput(args.authors, SMALL, images, device, evaluations),
-        }
+    report["pipeline_layout"] = {phase: use_channels_last("auto", device, phase) for phase in PHASES}
+    if authors:
         report["authors_fp32"] = authors
         report["p2core_vs_authors"] = {
             name: {
@@ -267,11 +278,28 @@ def main():
             for name, r in results.items()
         }
         print("p2core / authors (above 1: p2core faster)", json.dumps(report["p2core_vs_authors"]), flush=True)
+        print("p2core fp32 as the pipeline runs it (layout per phase: auto):", json.dumps(as_pipeline(report)))
     if args.table4:
         report["time_to_ddpm50_quality"] = time_to_ddpm50_quality(args.table4)
     if not args.quick:
         report["paper_train_fp32"] = train_throughput(PAPER, 8, device, "fp32", False, steps=1, warmup=1)
     print(json.dumps(report, indent=2))
+
+
+def median(results: list[dict]) -> dict:
+    """The run with the median seconds among ``results`` (each one a timing dict), so its fields stay consistent."""
+    key = "step_s" if "step_s" in results[0] else "s_per_evaluation_per_image"
+    return sorted(results, key=lambda r: r[key])[len(results) // 2]
+
+
+def as_pipeline(report: dict) -> dict:
+    """p2core's speed over the authors' in fp32, with the layout the pipeline picks per phase (channels_last auto)."""
+    layout = report["pipeline_layout"]
+    ratios = report["p2core_vs_authors"]
+    return {
+        "train": ratios["fp32_channels_last" if layout["train"] else "fp32"]["train"],
+        "sample_per_evaluation": ratios["fp32_channels_last" if layout["sample"] else "fp32"]["sample_per_evaluation"],
+    }
 
 
 if __name__ == "__main__":

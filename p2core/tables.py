@@ -558,10 +558,15 @@ def summary_markdown(
             "",
         ]
         for _, r in reach.iterrows():
-            found = (
-                f"{int(r['evaluations'])} ({r['speedup']:.3g}x fewer)" if pd.notna(r["evaluations"]) else "not reached"
-            )
+            found = f"{int(r['evaluations'])} ({_times(r['speedup'])})" if pd.notna(r["evaluations"]) else "not reached"
             lines.append(
                 f"- {r['objective']}, {r['kind']}: {found}; its FID {r['reference_fid']:.4g}, tried {r['tried']}."
             )
     return "\n".join(lines) + "\n"
+
+
+def _times(speedup: float) -> str:
+    """A ratio of model evaluations in words: ``25x fewer``, ``as many``, ``5x more``."""
+    if np.isclose(speedup, 1.0):
+        return "as many"
+    return f"{speedup:.3g}x fewer" if speedup > 1 else f"{1 / speedup:.3g}x more"

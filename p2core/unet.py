@@ -184,7 +184,9 @@ class AttentionBlock(nn.Module):
         flat = x.reshape(batch, channels, -1)
         qkv = self.qkv(self.norm(flat))  # (B, 3C, L), laid out as heads x (q, k, v) x head_dim
         head_dim = channels // self.num_heads
-        q, k, v = qkv.reshape(batch, self.num_heads, 3, head_dim, -1).transpose(-1, -2).unbind(dim=2)
+        # contiguous (B, heads, L, head_dim) operands: on the CPU SDPA's fused kernel takes only those, and its
+        # fallback for strided views ran the small config's attention 2.4x slower than this copy plus the kernel
+        q, k, v = qkv.reshape(batch, self.num_heads, 3, head_dim, -1).transpose(-1, -2).contiguous().unbind(dim=2)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, head_dim)
         out = out.transpose(-1, -2).reshape(batch, channels, -1)
         return (flat + self.proj_out(out)).reshape(batch, channels, *spatial)

@@ -55,6 +55,8 @@ rule sample_grid:
         ),
     log:
         "logs/sample_grid/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.log",
+    benchmark:
+        "benchmarks/jobs/sample_grid/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.tsv"
     conda:
         "../envs/p2.yaml"
     params:

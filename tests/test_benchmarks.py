@@ -1,4 +1,4 @@
-"""benchmarks/pipeline.py's conversion of measured times to minutes at the reference calibration."""
+"""The benchmarks' arithmetic: pipeline.py's minutes at the reference calibration, throughput.py's ratios."""
 
 import sys
 from pathlib import Path
@@ -27,3 +27,18 @@ def test_times_scale_by_the_calibration_ratio_and_meet_or_miss_their_budgets():
     assert result["budget"]["table1"]["met"] and not result["budget"]["all_artifacts"]["met"]
     assert result["budget"]["noop_rerun"]["met"]
     assert "remaining_job_min" not in result["reference_min"]
+
+
+def test_throughput_takes_each_setting_at_its_median_run_and_compares_the_pipelines_layout():
+    import throughput
+
+    runs = [{"step_s": 3.0, "img_per_s": 1.0}, {"step_s": 1.0, "img_per_s": 3.0}, {"step_s": 2.0, "img_per_s": 1.5}]
+    assert throughput.median(runs) == runs[2]
+    report = {
+        "pipeline_layout": {"train": False, "sample": True},
+        "p2core_vs_authors": {
+            "fp32": {"train": 1.1, "sample_per_evaluation": 0.9},
+            "fp32_channels_last": {"train": 1.0, "sample_per_evaluation": 1.2},
+        },
+    }
+    assert throughput.as_pipeline(report) == {"train": 1.1, "sample_per_evaluation": 1.2}
