@@ -17,20 +17,22 @@ PRECISIONS = ("fp32", "bf16", "auto")
 LAYOUTS = ("auto", True, False)
 PHASES = ("train", "sample")
 
-#: Whether channels_last (NHWC) is the faster layout, per device type and phase: speedups over contiguous NCHW measured
-#: in the same run by ``benchmarks/throughput.py`` (fp32, 2 threads; bf16 where native), on the project's CPUs:
+#: Whether channels_last (NHWC) is the layout to run, per device type and phase, from speedups over contiguous NCHW
+#: measured in the same run (``benchmarks/throughput.py --quick``: small config, fp32, 2 threads, bf16 in brackets
+#: where native; last column ``benchmarks/profile_step.py``: the embedded default's 16 px model, 1 thread):
 #:
-#: ============  ==========================  ==============================  ========================
-#: phase         2-core AMD EPYC, AVX2 only  2-core Xeon, AVX2 cap / native  2-core EPYC Zen 5, native
-#: ============  ==========================  ==============================  ========================
-#: train         0.97                        1.07 / 1.03 (bf16 1.19)         1.06 (bf16 1.03)
-#: sample        1.26                        0.98 / 1.00 (bf16 1.43)         1.05-1.17 (bf16 1.11)
-#: ============  ==========================  ==============================  ========================
+#: ======  ==================  ========================  ========================  ==========================
+#: phase   EPYC, AVX2 only     Xeon: AVX2 cap / native   EPYC Zen 5: cap / native  Zen 5 cap, embedded model
+#: ======  ==================  ========================  ========================  ==========================
+#: train   0.97                1.07 / 1.03 (1.19)        1.04 / 1.15 (1.01)        0.94
+#: sample  1.26                0.98 / 1.00 (1.43)        1.09 / 1.07 (1.11)        0.97
+#: ======  ==================  ========================  ========================  ==========================
 #:
-#: On CUDA channels_last is what cuDNN's tensor-core convolutions take natively (``benchmarks/gpu_check.py`` measures
-#: both layouts). One fixed choice per device type, not a measurement at run time: the layout changes how a
-#: convolution rounds, and the embedded default's numbers are identical across machines only while every machine
-#: uses the same layout.
+#: Sampling: channels_last, the largest gain on the slowest CPU. Training: mixed within +-7%; channels_last is kept,
+#: which keeps the embedded default's numbers as published. On CUDA channels_last is what cuDNN's tensor-core
+#: convolutions take natively (``benchmarks/gpu_check.py`` measures both layouts). One fixed choice per device type,
+#: not a measurement at run time: the layout changes how a convolution rounds, and the embedded default's numbers are
+#: identical across machines only while every machine uses the same layout.
 CHANNELS_LAST_FASTER = {
     ("cpu", "train"): True,
     ("cpu", "sample"): True,
