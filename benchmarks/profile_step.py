@@ -7,8 +7,9 @@ For each phase (a training step as ``p2core.train`` runs it: loss, backward, fus
 ``p2core.sampling`` runs it: one model evaluation under inference mode and the ancestral update) it prints the share
 of time per operator group (convolution, normalisation, activation, attention, optimizer and EMA, copies and layout,
 everything else), the counted FLOPs and what the whole step reaches in GFLOP/s, in both memory layouts, then one JSON
-object. Configs: *embedded* = ``config/config.yaml``'s model and batch (16 px greyscale, 32 channels, batch 32 for
-training and 100 for sampling); *small* = ``benchmarks/throughput.py``'s (32 px RGB, 64 channels, batch 16).
+object. Configs: *embedded* = ``config/config.yaml``'s Table 1 model and its training and sampling batches (read
+from the file: 16 px greyscale, 32 channels, batch 32 and 100 today); *small* = ``benchmarks/throughput.py``'s
+(32 px RGB, 64 channels, batch 16).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import copy
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
+import yaml
 from throughput import SMALL
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,21 +30,22 @@ from torch.utils.flop_counter import FlopCounterMode
 from p2core.diffusion import create_diffusion
 from p2core.sampling import respaced
 from p2core.train import _update_ema, adamw
-from p2core.unet import create_model
+from p2core.unet import create_model, with_geometry
 
-EMBEDDED = dict(
-    image_size=16,
-    in_channels=1,
-    num_channels=32,
-    channel_mult="1,2,2",
-    num_res_blocks=1,
-    attention_resolutions="8",
-    num_head_channels=32,
-    resblock_updown=True,
-    use_scale_shift_norm=True,
-    learn_sigma=True,
-)
-CONFIGS = {"embedded": (EMBEDDED, 32, 100), "small": (SMALL, 16, 16)}  # knobs, training batch, sampling batch
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def embedded() -> tuple[dict, int, int]:
+    """The embedded default's Table 1 model (its arch's flags, the dataset's size, greyscale digits: 1 channel),
+    training batch and sampling batch, read from ``config/config.yaml``."""
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    dataset = config["datasets"][config["table1"]["datasets"][0]]
+    model = config["archs"][config["table1"]["arch"]]["model"]
+    knobs = with_geometry(model, dataset["resolution"], 1, learn_sigma=True)
+    return knobs, config["train"]["batch_size"], config["sampling"]["batch_size"]
+
+
+CONFIGS = {"embedded": embedded, "small": lambda: (SMALL, 16, 16)}  # knobs, training batch, sampling batch
 #: operator groups, first match wins: substrings of aten operator names
 GROUPS = (
     ("convolution", ("convolution", "conv2d", "conv1d")),
@@ -120,7 +124,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    knobs, train_batch, sample_batch = CONFIGS[args.config]
+    knobs, train_batch, sample_batch = CONFIGS[args.config]()
     report = {"config": args.config, "threads": args.threads, "train_batch": train_batch, "sample_batch": sample_batch}
     for layout in ("contiguous", "channels_last"):
         train_step, sample_step = steps(knobs, train_batch, sample_batch, layout == "channels_last")

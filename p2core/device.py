@@ -105,8 +105,11 @@ def use_channels_last(setting: bool | str, device: torch.device, phase: str) -> 
     choice of :data:`CHANNELS_LAST_FASTER` (contiguous for device types not in it), ``True``/``False`` force it."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
-    if setting == "auto":
-        return CHANNELS_LAST_FASTER.get((device.type, phase), False)
-    if isinstance(setting, bool):
-        return setting
-    raise P2Error(f"channels_last must be auto, true or false, got {setting!r}")
+    check_layout(setting)
+    return CHANNELS_LAST_FASTER.get((device.type, phase), False) if setting == "auto" else setting
+
+
+def check_layout(setting: object) -> None:
+    """A :class:`P2Error` unless ``setting`` is one of :data:`LAYOUTS` (a boolean, not 0 or 1)."""
+    if not (setting == "auto" or isinstance(setting, bool)):
+        raise P2Error(f"channels_last must be one of {', '.join(str(v).lower() for v in LAYOUTS)}, got {setting!r}")

@@ -32,7 +32,7 @@ from p2core import provenance
 from p2core.atomic import atomic_write_text
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import load_prepared
-from p2core.device import LAYOUTS, PRECISIONS, autocast, pick_device, resolve_precision, use_channels_last
+from p2core.device import PRECISIONS, autocast, check_layout, pick_device, resolve_precision, use_channels_last
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.loader import TrainingBatches
@@ -100,8 +100,10 @@ class TrainSpec:
             problems.append(f"ema_rate must be in [0, 1), got {self.ema_rate}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
-        if self.channels_last not in LAYOUTS or not isinstance(self.channels_last, (bool, str)):
-            problems.append(f"channels_last must be auto, true or false, got {self.channels_last!r}")
+        try:
+            check_layout(self.channels_last)
+        except P2Error as error:
+            problems.append(str(error))
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if any(not 0 < s < self.steps for s in self.snapshot_steps):  # a snapshot at the last step is ema.pt

@@ -35,7 +35,7 @@ def test_channels_last_auto_takes_the_measured_choice_per_device_type_and_phase(
     assert device.use_channels_last(True, cpu, "train") and not device.use_channels_last(False, cpu, "sample")
     assert not device.use_channels_last("auto", torch.device("mps"), "sample")  # not measured: contiguous
     assert device.use_channels_last("auto", cuda, "train") == device.CHANNELS_LAST_FASTER[("cuda", "train")]
-    with pytest.raises(P2Error, match="channels_last must be auto, true or false"):
+    with pytest.raises(P2Error, match="channels_last must be one of auto, true, false"):
         device.use_channels_last("yes", cpu, "train")
     with pytest.raises(ValueError, match="unknown phase"):
         device.use_channels_last("auto", cpu, "evaluate")

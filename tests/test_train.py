@@ -291,8 +291,8 @@ def test_bad_checkpoints_give_one_line_errors(digits8, tmp_path):
         ({"colour": 1}, "unknown training spec keys"),
         ({"precision": "fp8"}, "precision"),
         ({"snapshot_steps": [99]}, "snapshot_steps"),
-        ({"channels_last": "yes"}, "channels_last must be auto, true or false"),
-        ({"channels_last": 1}, "channels_last must be auto, true or false"),
+        ({"channels_last": "yes"}, "channels_last must be one of auto, true, false"),
+        ({"channels_last": 1}, "channels_last must be one of auto, true, false"),
     ],
 )
 def test_bad_specs(overrides, message):

@@ -118,6 +118,8 @@ BAD_CONFIGS = [
         "evaluation.backends: unknown backend 'pytorch-fid'; choose one of torch-fidelity, clean-fid",
     ),
     (lambda c: c["sampling"].update(precision="fp16"), "sampling.precision: unknown precision 'fp16'"),
+    (lambda c: c["train"].update(channels_last=1), "train.channels_last must be one of auto, true, false, got 1"),
+    (lambda c: c["sampling"].update(channels_last="yes"), "sampling.channels_last must be one of auto, true, false"),
     (lambda c: c["train"]["resources"].update(gpus=-1), "train.resources.gpus: -1 is less than the minimum of 0"),
     (
         lambda c: c["datasets"]["digits"].update(

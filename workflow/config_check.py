@@ -16,7 +16,8 @@ import numpy as np
 import yaml
 
 from p2core.backends import BACKENDS, DISTANCES, DOMAIN, EXTRACTORS
-from p2core.device import PRECISIONS
+from p2core.device import PRECISIONS, check_layout
+from p2core.errors import P2Error
 from p2core.prepare import EMBEDDED
 from p2core.released import missing_file_message
 from p2core.respace import sampler_steps
@@ -124,7 +125,7 @@ def _check_datasets(cfg: dict) -> None:
 
 
 def _check_names(cfg: dict) -> None:
-    """Samplers, backends and precisions, by the names p2core defines."""
+    """Samplers, backends, precisions and layouts, by the names p2core defines."""
     samplers = [("sampling.sampler", cfg["sampling"]["sampler"])]
     samplers += [(f"{key}.sampler", sec["sampler"]) for key, sec in artifact_sections(cfg) if "sampler" in sec]
     samplers += [("table4.samplers", s) for s in cfg.get("table4", {}).get("samplers", [])]
@@ -141,6 +142,11 @@ def _check_names(cfg: dict) -> None:
     for where, precision in precisions:
         if precision not in PRECISIONS:
             raise ConfigError(f"{where}: unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    for where in ("sampling", "train"):
+        try:
+            check_layout(cfg[where].get("channels_last", "auto"))
+        except P2Error as error:
+            raise ConfigError(f"{where}.{error}") from None
 
 
 def _check_distinct_objectives(cfg: dict) -> None:
