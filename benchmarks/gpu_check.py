@@ -33,7 +33,7 @@ import torch.multiprocessing as mp
 from throughput import PAPER, sync, timed
 from torch.utils.flop_counter import FlopCounterMode
 
-from p2core.device import native_bf16
+from p2core.device import native_bf16, precision_context
 from p2core.diffusion import create_diffusion
 from p2core.images import to_uint8
 from p2core.respace import SAMPLERS
@@ -48,11 +48,6 @@ PEAK_TFLOPS = {
     "H100 80GB HBM3": (67.0, 494.0, 989.0),
     "A100": (19.5, 156.0, 312.0),
 }
-
-
-def set_tf32(enabled: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def model_and_diffusion(knobs: dict, device: torch.device, channels_last: bool):
@@ -74,7 +69,7 @@ def forward_flops(knobs: dict, device: torch.device) -> float:
 
 def train_speed(knobs, batch, device, precision, channels_last, steps, compiled=False, microbatch=None) -> dict:
     """img/s of full training steps (hybrid loss, backward, fused AdamW, EMA) after two warm-up steps; peak memory."""
-    set_tf32(precision == "tf32")
+    mixed_precision = precision_context(precision, device)  # as training sets it: TF32 on only for tf32
     model, diffusion = model_and_diffusion(knobs, device, channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = adamw(model.parameters(), 2e-5, 0.0, device)
@@ -88,7 +83,7 @@ def train_speed(knobs, batch, device, precision, channels_last, steps, compiled=
         t = torch.randint(1000, (batch,), device=device)
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, batch, chunk):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with mixed_precision:
                 losses = diffusion.training_losses(network, x[start : start + chunk], t[start : start + chunk])
             (losses["loss"].sum() / batch).backward()
         optimizer.step()
@@ -102,7 +97,6 @@ def train_speed(knobs, batch, device, precision, channels_last, steps, compiled=
         result["compile_and_warmup_s"] = warmup_s
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    set_tf32(False)
     return result
 
 
@@ -118,7 +112,7 @@ def draw(knobs, device, precision, sampler, count, seed=0) -> tuple[torch.Tensor
     shape = (count, 3, knobs["image_size"], knobs["image_size"])
     sync(device)
     start = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with precision_context(precision, device):
         x = sample(process, model.eval(), shape, kind, generator=generators, device=device)
     sync(device)
     return x, time.perf_counter() - start
@@ -138,7 +132,7 @@ def _ddp_worker(rank: int, world: int, knobs: dict, batch: int, steps: int, port
             sync(device)
             start = time.perf_counter()
         t = torch.randint(1000, (batch,), device=device)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with precision_context("bf16", device):
             loss = diffusion.training_losses(wrapped, x, t)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -92,16 +92,24 @@ def args_train(parser) -> None:
     parser.add_argument("--data", required=True, help="prepared dataset folder")
     parser.add_argument("--out", required=True, help="run folder (resumed if it holds checkpoint.pt)")
     parser.add_argument("--spec", required=True, help="TrainSpec as JSON/YAML text or a file path")
+    # how the run executes, not what it computes (p2core.trainspec.EXECUTION_SETTINGS); default: the spec's values
+    parser.add_argument("--log-every", type=int, help="updates per train.csv row (0: TrainSpec's default)")
+    parser.add_argument("--save-every", type=int, help="updates per checkpoint.pt (0: TrainSpec's default)")
+    parser.add_argument("--microbatch", type=int, help="images per forward/backward pass (0: all at once)")
     _device_option(parser)
     _threads_option(parser)
     _progress_option(parser)
 
 
 def cmd_train(args) -> None:
-    from p2core.train import TrainSpec, load_spec, train
+    from p2core.train import train
+    from p2core.trainspec import TrainSpec, load_spec, with_execution
 
     _set_threads(args.threads)
-    spec = TrainSpec.from_dict(load_spec(args.spec))
+    values = with_execution(
+        load_spec(args.spec), log_every=args.log_every, save_every=args.save_every, microbatch=args.microbatch
+    )
+    spec = TrainSpec.from_dict(values)
     final = train(spec, args.data, args.out, device=args.device, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {final}")
@@ -116,7 +124,7 @@ def args_import(parser) -> None:
 
 def cmd_import(args) -> None:
     from p2core.importing import import_model
-    from p2core.train import load_spec
+    from p2core.trainspec import load_spec
 
     print(f"wrote {import_model(args.source, args.data, args.out, load_spec(args.spec))}")
 

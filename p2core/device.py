@@ -1,6 +1,11 @@
 """Where, in which precision and in which memory layout a step runs: the device (``auto``: CUDA when available), bf16
 autocast where the hardware runs it natively, and channels_last where it was measured faster. Importing it does not
-import torch (the workflow reads :data:`PRECISIONS` and :data:`LAYOUTS`)."""
+import torch (the workflow reads :data:`PRECISIONS` and :data:`LAYOUTS`).
+
+Precisions: ``fp32`` is IEEE fp32 everywhere (on CUDA p2core switches TF32 off for matmuls *and* cuDNN convolutions,
+which PyTorch otherwise runs in TF32 by default on Ampere and later); ``tf32`` is fp32 storage with TF32 matmuls and
+convolutions (CUDA only); ``bf16`` is autocast to bfloat16; ``auto`` is resolved once, by whoever owns the result (a
+training run at its first start, a sample set from its model), never per job."""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from p2core.errors import P2Error
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "tf32", "bf16", "auto")
+#: what a result is computed in (and recorded with): the precisions but ``auto``
+RESOLVED_PRECISIONS = tuple(name for name in PRECISIONS if name != "auto")
 #: values of a ``channels_last`` setting: ``auto`` takes :data:`CHANNELS_LAST_FASTER`, a boolean forces a layout
 LAYOUTS = ("auto", True, False)
 PHASES = ("train", "sample")
@@ -85,19 +92,29 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the device computes bf16 natively (:func:`native_bf16`), else ``fp32``."""
+    """The precision a step computes in on ``device``: ``auto`` -> ``bf16`` where the device computes bf16 natively
+    (:func:`native_bf16`), else ``fp32``; ``tf32`` where the device is not CUDA is a :class:`P2Error`."""
     if precision not in PRECISIONS:
         raise P2Error(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "tf32" and device.type != "cuda":
+        raise P2Error(f"precision tf32 runs only on CUDA, not on {device}; choose fp32 or bf16")
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def autocast(precision: str, device: torch.device) -> torch.autocast:
-    """The autocast context for ``precision`` (``fp32``, ``bf16`` or ``auto``, resolved for ``device``)."""
+def precision_context(precision: str, device: torch.device) -> torch.autocast:
+    """Put ``device`` into ``precision`` (resolved by :func:`resolve_precision`) and return the autocast context to
+    run under: on CUDA, TF32 for fp32 matmuls and convolutions set on for ``tf32`` and off otherwise (explicitly:
+    never PyTorch's default); bf16 autocast for ``bf16``."""
     import torch
 
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
+    resolved = resolve_precision(precision, device)
+    if device.type == "cuda":
+        mode = "tf32" if resolved == "tf32" else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolved == "bf16")
 
 
 def use_channels_last(setting: bool | str, device: torch.device, phase: str) -> bool:

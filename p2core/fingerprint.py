@@ -20,8 +20,9 @@ so a no-op ``snakemake`` stays fast):
   reached when the registry it is added to (the dict its decorator fills) is reached: a step that never looks a
   sampler up never depends on one. ``select`` narrows a registry to the names a step uses, e.g.
   ``{"sampling.register": ["ddim"]}`` for a DDIM job, so an edit to DPM-Solver++ reruns only DPM-Solver++ jobs.
-* Docstring-only and blank-line edits between definitions belong to no definition and rerun nothing; comments and
-  docstrings inside a definition count (conservative).
+* What is hashed is a definition's syntax tree without its docstrings (and those of its methods and nested
+  functions): a comment, a docstring, a blank line or a reformatting reruns nothing, anywhere; a change to what the
+  code does (a statement, an expression, a name, a default, a constant) reruns what reaches it.
 
 Modules that cannot change a result are left out (:data:`RESULT_NEUTRAL`); every other p2core definition counts.
 """
@@ -29,6 +30,7 @@ Modules that cannot change a result are left out (:data:`RESULT_NEUTRAL`); every
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 from dataclasses import dataclass
 from functools import cache
@@ -66,7 +68,7 @@ class Unit:
     module: str
     name: str
     kind: str  # "function", "class", "value" (a module-level assignment) or "body" (import-time statements)
-    source: str
+    source: str  # the normalised syntax tree (:func:`_normalised`), not the text: comments and docstrings left out
     refs: frozenset[Ref]
     registration: tuple[str, str] | None = None
 
@@ -194,7 +196,6 @@ def _default_graph() -> CodeGraph:
 # ------------------------------------------------------------------------------------------------ parsing
 def _parse_module(module: str, text: str, graph: CodeGraph) -> dict[str, Unit]:
     tree = ast.parse(text)
-    lines = text.splitlines(keepends=True)
     body = [node for node in tree.body if not _is_main_guard(node)]  # a script's entry does not run on import
     body = body[1:] if body and _is_docstring(body[0]) else body
     top_names = _top_level_names(body)
@@ -203,7 +204,7 @@ def _parse_module(module: str, text: str, graph: CodeGraph) -> dict[str, Unit]:
     units: dict[str, Unit] = {}
     import_time, import_time_refs = [], set()
     for node in body:
-        source = "".join(lines[_first_line(node) - 1 : node.end_lineno])
+        source = _normalised(node)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             registration = _registration(node, resolver)
             kind = "class" if isinstance(node, ast.ClassDef) else "function"
@@ -217,9 +218,19 @@ def _parse_module(module: str, text: str, graph: CodeGraph) -> dict[str, Unit]:
             import_time_refs |= resolver.refs(node)
     decorators = {tuple(unit.registration[0].split(".")) for unit in units.values() if unit.registration}
     units[MODULE_BODY] = Unit(
-        module, MODULE_BODY, "body", "".join(import_time), frozenset(import_time_refs | decorators)
+        module, MODULE_BODY, "body", "\n".join(import_time), frozenset(import_time_refs | decorators)
     )
     return units
+
+
+def _normalised(node: ast.stmt) -> str:
+    """What a definition's hash covers: its syntax tree (no comments, no layout, no line numbers) with the docstring
+    of every function and class in it removed. ``node`` is left unchanged."""
+    tree = copy.deepcopy(node)
+    for inner in ast.walk(tree):
+        if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and _is_docstring(inner.body[0]):
+            inner.body = inner.body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
 def _is_docstring(node: ast.stmt) -> bool:
@@ -235,11 +246,6 @@ def _is_main_guard(node: ast.stmt) -> bool:
         and isinstance(test.left, ast.Name)
         and test.left.id == "__name__"
     )
-
-
-def _first_line(node: ast.stmt) -> int:
-    decorators = getattr(node, "decorator_list", [])
-    return min([node.lineno] + [d.lineno for d in decorators])
 
 
 def _assigned_names(node: ast.Assign | ast.AnnAssign) -> list[str]:

@@ -22,7 +22,7 @@ from p2core import provenance, released
 from p2core.atomic import atomic_write_text
 from p2core.checkpoint import save_checkpoint
 from p2core.data import load_prepared
-from p2core.device import pick_device
+from p2core.device import RESOLVED_PRECISIONS, pick_device
 from p2core.diffusion import create_diffusion
 from p2core.errors import P2Error
 from p2core.trainlog import RUN_FILE
@@ -113,7 +113,9 @@ def import_model(source: str | Path, data_folder: str | Path, out_dir: str | Pat
     """Import ``source`` as the run ``out_dir``: ``ema.pt`` (a p2core EMA checkpoint whose ``spec`` holds the
     model flags with the data's geometry, the diffusion settings, the seed and ``imported``: the source file, its
     SHA-256 and size) and ``run.json``. ``spec``: ``model`` (UNet flags), ``diffusion``
-    (:func:`p2core.diffusion.create_diffusion` settings), ``seed``. Returns the ``ema.pt`` path."""
+    (:func:`p2core.diffusion.create_diffusion` settings), ``seed``, and ``precision``: the one the file was trained
+    in (default ``fp32``, as guided-diffusion and the authors trained), what sampling with ``auto`` uses. Returns the
+    ``ema.pt`` path."""
     source, out_dir = Path(source), Path(out_dir)
     if not source.is_file():
         raise P2Error(released.missing_file_message(source))
@@ -133,8 +135,12 @@ def import_model(source: str | Path, data_folder: str | Path, out_dir: str | Pat
     create_diffusion(**diffusion)  # the diffusion settings are valid (the model alone could not say)
     released.record(source, digest)  # the file is what it claims to be: from now on, only this file under its name
     imported = {"source": str(source), "sha256": digest, "bytes": source.stat().st_size}
+    precision = spec.get("precision", "fp32")
+    if precision not in RESOLVED_PRECISIONS:
+        raise P2Error(f"an imported model's precision is one of {', '.join(RESOLVED_PRECISIONS)}, not {precision!r}")
     resolved = {"model": flags, "diffusion": diffusion, "seed": spec.get("seed", 0), "imported": imported}
-    origin = provenance.record(pick_device("cpu"), "fp32")
+    resolved["precision"] = precision
+    origin = provenance.record(pick_device("cpu"), precision)
     info = {"spec": resolved, "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "ema.pt"

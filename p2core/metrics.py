@@ -356,6 +356,7 @@ def evaluate_samples(
         **interval,
         "backends": results,
         "samples": [str(p) for p in shard_paths],
+        "precision": generated.precision,
         "tags": tags or {},
         "provenance": provenance.record(pick_device(device)),
     }

@@ -18,6 +18,15 @@ def build(spec: dict) -> tuple[nn.Module, GaussianDiffusion]:
     return create_model(**spec["model"]), create_diffusion(**spec["diffusion"])
 
 
+def trained_precision(state: dict) -> str:
+    """The precision the model of a loaded checkpoint (either kind) was trained in: its spec's, resolved when the run
+    started; for a file written before runs stored it (``auto`` or absent), the one its provenance recorded."""
+    precision = state["spec"].get("precision", "auto")
+    if precision == "auto":
+        precision = state.get("provenance", {}).get("precision", "fp32")
+    return precision
+
+
 def load_ema_model(path: str | Path, device: torch.device) -> tuple[nn.Module, GaussianDiffusion, dict]:
     """The EMA model (eval mode, on ``device``) and diffusion of a checkpoint of either kind, and its content."""
     state = load_checkpoint(path)

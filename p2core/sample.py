@@ -9,12 +9,13 @@ import numpy as np
 import torch
 
 from p2core import provenance
-from p2core.device import autocast, pick_device, resolve_precision, use_channels_last
+from p2core.checkpoint import load_checkpoint
+from p2core.device import pick_device, precision_context, resolve_precision, use_channels_last
 from p2core.errors import P2Error
 from p2core.images import to_uint8
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
-from p2core.restore import load_ema_model
+from p2core.restore import load_ema_model, trained_precision
 from p2core.sampling import for_sampler, sample
 from p2core.seeding import generator
 from p2core.shards import save_shard
@@ -28,7 +29,7 @@ def generate(
     batch_size: int = 64,
     seed: int = 0,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     clip_denoised: bool = True,
     progress: bool = True,
     start: int = 0,
@@ -41,7 +42,7 @@ def generate(
     (checkpoint, sampler, seed, ``i``), never on the batch size or on how the set is split into shards (bit for bit
     on the CPU in fp32), and every checkpoint sees the same noise for the same ``i``. ``channels_last``: the memory
     layout (``auto``: the one measured faster for sampling on this device type, see
-    :func:`p2core.device.use_channels_last`).
+    :func:`p2core.device.use_channels_last`). ``precision``: see :func:`sample_precision`.
     """
     if num_samples < 1 or start < 0:
         raise P2Error(f"need num_samples >= 1 and start >= 0, got {num_samples} and {start}")
@@ -52,7 +53,8 @@ def generate(
     kind, process = for_sampler(diffusion, sampler)
     geometry = state["spec"]["model"]
     channels, size = geometry["in_channels"], geometry["image_size"]
-    mixed_precision = autocast(precision, device)
+    precision = sample_precision(precision, state, device)
+    mixed_precision = precision_context(precision, device)
     batches = []
     bar = progress_bar(
         total=num_samples,
@@ -79,6 +81,19 @@ def generate(
     return np.concatenate(batches)
 
 
+def sample_precision(requested: str, state: dict, device: torch.device) -> str:
+    """The precision a sample set is drawn in: ``requested``, or for ``auto`` the one its model was trained in
+    (:func:`p2core.restore.trained_precision`), so that every shard of a set resolves the same on every node. One
+    the device cannot run (tf32 off CUDA) is a one-line :class:`P2Error`."""
+    if requested != "auto":
+        return resolve_precision(requested, device)
+    trained = trained_precision(state)
+    try:
+        return resolve_precision(trained, device)
+    except P2Error as error:
+        raise P2Error(f"precision auto samples as the model was trained, in {trained}: {error}") from None
+
+
 def draw_shard(
     checkpoint: str | Path,
     sampler: str,
@@ -88,7 +103,7 @@ def draw_shard(
     batch_size: int = 64,
     seed: int = 0,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     progress: bool = True,
     channels_last: bool | str = "auto",
 ) -> np.ndarray:
@@ -109,7 +124,7 @@ def draw_shard(
             channels_last=channels_last,
         )
         used = pick_device(device)
-        origin = provenance.record(used, resolve_precision(precision, used))
+        origin = provenance.record(used, sample_precision(precision, load_checkpoint(checkpoint), used))
         origin["channels_last"] = use_channels_last(channels_last, used, "sample")
         save_shard(out, images, first_index=start, origin=origin)
     return images

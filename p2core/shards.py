@@ -66,11 +66,24 @@ def open_shard(path: str | Path) -> tuple[np.memmap, int]:
     return images, first
 
 
+def shard_origin(path: str | Path) -> dict:
+    """The provenance record a shard was written with (:func:`save_shard`'s ``origin``: device, precision, ...);
+    empty for a shard written without one (e.g. by ADM's own sampler)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "provenance.npy" not in archive.namelist():
+                return {}
+            return json.loads(str(np.load(archive.open("provenance.npy"))))
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"sample shard {path} is unreadable ({exc}); delete it and rerun to draw it again") from None
+
+
 class SampleShards:
     """The images of several shards as one read-only sequence, in image-number order, without copying them.
 
     ``len``, ``shape`` (N, H, W, C), ``dtype`` and integer indexing, like a uint8 array; :meth:`head` copies the first
-    images out. The shards must continue each other (image numbers without gaps or overlaps).
+    images out. The shards must continue each other (image numbers without gaps or overlaps) and hold one precision
+    (``precision``: the one their provenance records, ``unknown`` where it records none).
     """
 
     def __init__(self, paths: Sequence[str | Path]):
@@ -86,6 +99,7 @@ class SampleShards:
             if images.shape[1:] != opened[0][0].shape[1:]:
                 raise DataError(f"sample shard {path} holds {images.shape[1:]} images, others {opened[0][0].shape[1:]}")
             expected += len(images)
+        self.precision = _one_precision([path for _, _, path in opened])
         self.parts = [images for images, _, _ in opened]
         self.first_index = opened[0][1]
         self._ends = np.cumsum([len(p) for p in self.parts])
@@ -109,3 +123,17 @@ class SampleShards:
         """The first ``min(count, len)`` images as an in-memory uint8 (n, H, W, C) array."""
         count = min(count, len(self))
         return np.stack([self[i] for i in range(count)]) if count else np.zeros((0, *self.shape[1:]), np.uint8)
+
+
+def _one_precision(paths: list[Path]) -> str:
+    """The precision every shard of ``paths`` was drawn in; a :class:`DataError` naming them where they differ."""
+    by_precision: dict[str, list[str]] = {}
+    for path in paths:
+        by_precision.setdefault(shard_origin(path).get("precision", "unknown"), []).append(path.name)
+    if len(by_precision) > 1:
+        parts = "; ".join(f"{precision}: {', '.join(names)}" for precision, names in sorted(by_precision.items()))
+        raise DataError(
+            f"the shards of {paths[0].parent} were drawn in different precisions ({parts}); a sample set has one: "
+            f"delete the shards of the other precision and rerun"
+        )
+    return next(iter(by_precision))

@@ -70,6 +70,8 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for column in ("training_steps", "sampler", "model_source"):
         if column in table:
             out[column] = grouped[column].first().values
+    if "precision" in table:  # the sample sets' precision (each set has one; seeds could differ)
+        out["precision"] = grouped["precision"].agg(lambda values: "/".join(sorted(set(map(str, values))))).values
     return out
 
 

@@ -10,6 +10,8 @@ Output folder of a run::
 
 Every random draw of step ``s`` (batch, flips, timesteps, noise, dropout) is seeded by ``(seed, s)``
 (:mod:`p2core.seeding`), so a run killed at any moment and restarted ends with bit-identical weights on the CPU.
+A run has one precision: ``auto`` is resolved when it starts and stored in its spec; a resume keeps it, on whatever
+device it continues (:func:`run_precision`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,130 +33,16 @@ from p2core import provenance
 from p2core.atomic import atomic_write_text
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import load_prepared
-from p2core.device import PRECISIONS, autocast, check_layout, pick_device, resolve_precision, use_channels_last
+from p2core.device import native_bf16, pick_device, precision_context, resolve_precision, use_channels_last
 from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.loader import TrainingBatches
 from p2core.lock import FileLock
 from p2core.progress import progress_bar
-from p2core.restore import build
+from p2core.restore import build, trained_precision
 from p2core.seeding import derived_seed, generator
 from p2core.trainlog import LOG_COLUMNS, LOG_FILE, RUN_FILE, append_row, truncate_after
-from p2core.unet import with_geometry
-
-
-@dataclass
-class TrainSpec:
-    """Everything that defines a training run (and so its checkpoints).
-
-    ``model``: :func:`p2core.unet.create_model` arguments (``image_size``/``in_channels`` default to the data's);
-    ``diffusion``: :func:`p2core.diffusion.create_diffusion` arguments (schedule, weighting, ...);
-    ``steps``: optimizer updates; ``batch_size``: images per update (global, over all processes);
-    ``microbatch``: images per forward/backward pass in each process (gradients accumulate over the microbatches of
-    an update, so a large batch fits a small GPU; ``None``: the process's whole share at once);
-    ``lr``: AdamW learning rate (constant);
-    ``ema_rate``: EMA decay per update; ``ema_bias_correction``: average the trained weights only (after update n
-    the plain EMA still gives the random initialisation the weight ``ema_rate**n``, 5% after 600 updates of 0.995;
-    the correction divides it out as Adam does for its moments; negligible once n >> 1 / (1 - ema_rate));
-    ``save_every``/``log_every``: in updates;
-    ``snapshot_steps``: updates after which the EMA weights are kept as ``ema_step{N}.pt``;
-    ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the GPU or CPU has native bf16, else
-    fp32; see :func:`p2core.device.resolve_precision`); ``channels_last``: NHWC memory layout, ``auto`` where it was
-    measured faster for training on this device type (:func:`p2core.device.use_channels_last`), or true/false.
-    """
-
-    model: dict
-    diffusion: dict
-    steps: int
-    batch_size: int
-    microbatch: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    ema_rate: float = 0.9999
-    ema_bias_correction: bool = False
-    seed: int = 0
-    save_every: int = 1000
-    log_every: int = 100
-    snapshot_steps: list[int] = field(default_factory=list)
-    precision: str = "fp32"
-    channels_last: bool | str = "auto"
-
-    def __post_init__(self):
-        try:  # YAML 1.1 reads "2e-5" as a string; accept any number-like value
-            for name in ("lr", "weight_decay", "ema_rate"):
-                setattr(self, name, float(getattr(self, name)))
-            for name in ("steps", "batch_size", "seed", "save_every", "log_every"):
-                setattr(self, name, int(getattr(self, name)))
-            self.microbatch = None if self.microbatch is None else int(self.microbatch)
-        except (TypeError, ValueError) as exc:
-            raise P2Error(f"bad training spec: {exc}") from None
-        problems = []
-        if self.steps < 1 or self.batch_size < 1:
-            problems.append("steps and batch_size must be >= 1")
-        if self.microbatch is not None and self.microbatch < 1:
-            problems.append(f"microbatch must be >= 1 (or absent), got {self.microbatch}")
-        if self.save_every < 1 or self.log_every < 1:
-            problems.append("save_every and log_every must be >= 1")
-        if not 0 <= self.ema_rate < 1:
-            problems.append(f"ema_rate must be in [0, 1), got {self.ema_rate}")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        try:
-            check_layout(self.channels_last)
-        except P2Error as error:
-            problems.append(str(error))
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if any(not 0 < s < self.steps for s in self.snapshot_steps):  # a snapshot at the last step is ema.pt
-            problems.append(f"snapshot_steps must lie in 1..{self.steps - 1} (below steps={self.steps})")
-        if problems:
-            raise P2Error("bad training spec: " + "; ".join(problems))
-        self.snapshot_steps = sorted(int(s) for s in self.snapshot_steps)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise P2Error(f"unknown training spec keys {unknown}; known: {sorted(known)}")
-        required = {
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        }
-        missing = sorted(required - set(values))
-        if missing:
-            raise P2Error(f"training spec lacks required keys {missing}")
-        return cls(**values)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def model_kwargs(self, resolution: int, channels: int) -> dict:
-        """Model arguments with the data's geometry filled in (:func:`p2core.unet.with_geometry`)."""
-        return with_geometry(self.model, resolution, channels, self.diffusion.get("learn_sigma", True))
-
-
-def load_spec(text: str) -> dict:
-    """A training spec (for :meth:`TrainSpec.from_dict`) given inline as JSON/YAML text, or as a JSON/YAML file."""
-    import yaml
-
-    if not text.lstrip().startswith("{"):
-        path = Path(text)
-        if not path.is_file():
-            raise P2Error(f"spec file {path} does not exist (give a path, or inline JSON starting with '{{')")
-        text = path.read_text()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = None
-    try:
-        value = yaml.safe_load(text) if value is None else value
-    except yaml.YAMLError as exc:
-        raise P2Error(f"spec is neither a readable file nor valid JSON/YAML: {exc}".splitlines()[0]) from None
-    if not isinstance(value, dict):
-        raise P2Error("spec must be a mapping (JSON object or YAML dict)")
-    return value
+from p2core.trainspec import EXECUTION_SETTINGS, LENGTH_SETTINGS, TrainSpec
 
 
 class _StopFlag:
@@ -240,7 +127,13 @@ class _Run:
 
     def __init__(self, spec: TrainSpec, data, out_dir: Path, device: torch.device, ranks: Ranks):
         self.spec, self.out_dir, self.device, self.ranks = spec, out_dir, device, ranks
-        self.resolved = {**spec.as_dict(), "model": spec.model_kwargs(data.meta["resolution"], data.meta["channels"])}
+        stored = load_checkpoint(out_dir / "checkpoint.pt", "train") if (out_dir / "checkpoint.pt").exists() else None
+        self.precision = run_precision(spec.precision, stored, device)
+        self.resolved = {
+            **spec.as_dict(),
+            "model": spec.model_kwargs(data.meta["resolution"], data.meta["channels"]),
+            "precision": self.precision,
+        }
         self.local = ranks.local_slice(spec.batch_size)
         torch.manual_seed(derived_seed(spec.seed, "init"))
         self.model, self.diffusion = build(self.resolved)
@@ -250,17 +143,19 @@ class _Run:
         self.model.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = adamw(self.model.parameters(), spec.lr, spec.weight_decay, device)
-        self.start = _resume(out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
+        self.start = _resume(stored, out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
         if ranks.is_main:
             _write_run_file(out_dir, self.resolved, device, ranks, self.channels_last)
             truncate_after(out_dir / LOG_FILE, self.start)
             if self.start:
-                print(f"resuming from the checkpoint of step {self.start}", flush=True)
+                print(f"resuming from the checkpoint of step {self.start} in {self.precision}", flush=True)
+            if self.precision == "bf16" and not native_bf16(device):
+                print(f"note: {device} emulates bf16 (much slower than fp32); the run keeps its precision", flush=True)
         cuda_ids = [device.index] if device.type == "cuda" else None
         self.network = self.model if ranks.world == 1 else DistributedDataParallel(self.model, device_ids=cuda_ids)
         self.batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
         self.stats = _IntervalStats(self.diffusion.num_timesteps, device, ranks)
-        self.mixed_precision = autocast(spec.precision, device)
+        self.mixed_precision = precision_context(self.precision, device)
 
     def draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This process's share of step ``step``'s images, timesteps and noise; every draw seeded by (seed, step)."""
@@ -328,7 +223,7 @@ class _Run:
 
     def provenance(self) -> dict:
         """The provenance record of a file written now, with this run's device and precision."""
-        return provenance.record(self.device, resolve_precision(self.spec.precision, self.device))
+        return provenance.record(self.device, self.precision)
 
 
 def _microbatches(count: int, size: int | None) -> list[tuple[slice, bool]]:
@@ -337,19 +232,32 @@ def _microbatches(count: int, size: int | None) -> list[tuple[slice, bool]]:
     return [(slice(lo, min(lo + size, count)), lo + size >= count) for lo in range(0, count, size)]
 
 
-def _resume(path: Path, resolved: dict, model, ema, optimizer) -> int:
-    """Restore state from ``path`` if it exists; returns the step to continue from (0 for a new run)."""
-    if not path.exists():
+def run_precision(requested: str, stored: dict | None, device: torch.device) -> str:
+    """The precision a run computes in: for a new run (``stored`` None) ``requested`` resolved on ``device``
+    (:func:`p2core.device.resolve_precision`); for a resumed one, the precision its checkpoint ``stored`` was trained
+    in, whatever device it continues on. A requested precision other than ``auto`` that differs from it, or one the
+    device cannot run (tf32 off CUDA), is a one-line :class:`CheckpointError`/:class:`P2Error`."""
+    if stored is None:
+        return resolve_precision(requested, device)
+    trained = trained_precision(stored)
+    if requested not in ("auto", trained):
+        raise CheckpointError(
+            f"this run was trained in {trained} until step {stored['step']}; it cannot continue in {requested} "
+            f"(set precision to {trained} or auto, or use another output folder)"
+        )
+    return resolve_precision(trained, device)
+
+
+def _resume(state: dict | None, path: Path, resolved: dict, model, ema, optimizer) -> int:
+    """Restore the checkpoint ``state`` (read from ``path``), if any; returns the step to continue from (0 for a new
+    run). Only the :data:`~p2core.trainspec.LENGTH_SETTINGS` and :data:`~p2core.trainspec.EXECUTION_SETTINGS` may
+    differ between a checkpoint and its continuation."""
+    if state is None:
         return 0
-    state = load_checkpoint(path, "train")
     # a key newer than the checkpoint had its default then
     stored = {f.name: f.default for f in dataclasses.fields(TrainSpec)} | state["spec"]
-    # only the length of the run may change between a checkpoint and its continuation
-    differing = sorted(
-        k
-        for k in resolved
-        if k not in ("steps", "snapshot_steps", "save_every", "log_every") and stored.get(k) != resolved[k]
-    )
+    may_change = LENGTH_SETTINGS + EXECUTION_SETTINGS + ("precision",)  # checked by run_precision
+    differing = sorted(k for k in resolved if k not in may_change and stored.get(k) != resolved[k])
     if differing:
         raise CheckpointError(
             f"{path} belongs to a run with different settings ({', '.join(differing)}); use another output folder"
@@ -435,7 +343,7 @@ def _write_run_file(out_dir: Path, resolved: dict, device: torch.device, ranks: 
         "processes": ranks.world,
         "channels_last": channels_last,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "provenance": provenance.record(device, resolve_precision(resolved["precision"], device)),
+        "provenance": provenance.record(device, resolved["precision"]),
     }
     atomic_write_text(out_dir / RUN_FILE, json.dumps(info, indent=2))
 

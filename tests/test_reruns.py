@@ -10,9 +10,11 @@ check that snakemake plans what the fingerprints say.
 import ast
 import re
 import shutil
+import stat
 import sys
 
 import pytest
+import yaml
 from conftest import ROOT, snakemake
 from test_workflow import planned_rules
 
@@ -49,7 +51,10 @@ CAN_RUN_UNTRACED = {
             "clean_fid_statistics_urls",
         )
     },
-    ("reference", "shards.open_shard"): "the feature extractor reads sample shards and prepared arrays alike",
+    **{
+        ("reference", f"shards.{name}"): "the feature extractor reads sample shards and prepared arrays alike"
+        for name in ("open_shard", "shard_origin", "_one_precision")
+    },
     **{
         (rule, "diffusion.approx_standard_normal_cdf"): "GaussianDiffusion is one unit: its loss helpers come along"
         for rule in ("sample", "distance_vs_snr", "reconstructions", "import_model")
@@ -87,15 +92,15 @@ def imported(built, built_imported) -> dict[str, set[str]]:
     return logged_in_both(built, built_imported, r"^import time:.*\|\s*p2core\.(\w+)\s*$")
 
 
-def definitions(package) -> list[tuple[str, str, int]]:
-    """(module, name, last line) of every top-level function and class of p2core, result-neutral modules left out."""
+def definitions(package) -> list[tuple[str, str]]:
+    """(module, name) of every top-level function and class of p2core, result-neutral modules left out."""
     found = []
     for path in sorted(package.glob("*.py")):
         if path.stem in RESULT_NEUTRAL:
             continue
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                found.append((path.stem, node.name, node.end_lineno))
+                found.append((path.stem, node.name))
     return found
 
 
@@ -147,7 +152,7 @@ def registered_in(graph: CodeGraph, container: tuple[str, str]) -> set[str]:
 
 
 def test_an_edit_to_any_definition_reruns_the_rules_that_ran_it_and_only_rules_that_can(tmp_path, executed, imported):
-    """For every top-level function and class, edited in turn (a comment on its last line):
+    """For every top-level function and class, edited in turn (a statement added to its body):
 
     * sound: every rule whose jobs ran it (traced) has a changed fingerprint;
     * minimal: every rule with a changed fingerprint ran it, or ran a definition that mentions it (the branch a
@@ -160,12 +165,9 @@ def test_an_edit_to_any_definition_reruns_the_rules_that_ran_it_and_only_rules_t
     before = rule_fingerprints(graph)
     can_run = {rule: names | mentioned_by(graph, names) for rule, names in executed.items()}
     problems = []
-    for module, name, last_line in definitions(package):
+    for module, name in definitions(package):
         path = package / f"{module}.py"
-        original = path.read_text()
-        lines = original.splitlines(keepends=True)
-        lines[last_line - 1] = lines[last_line - 1].rstrip("\n") + "  # an edit\n"
-        path.write_text("".join(lines))
+        original = edit_inside(tmp_path, module, name)
         try:
             after = rule_fingerprints(CodeGraph(package))
         finally:
@@ -195,23 +197,38 @@ def test_import_time_code_of_every_module_a_job_imported_is_in_its_fingerprint(i
     assert not problems, "\n".join(problems)
 
 
-def edit_inside(workdir, module: str, name: str) -> str:
-    """Add a comment line at the top of the body of top-level definition ``name`` of ``module``; returns the original
-    text."""
+def definition_node(source: str, name: str) -> ast.AST:
+    """The node of definition ``name`` in ``source``: a top-level name, or ``Class.method``."""
+    nodes = ast.parse(source).body
+    for part in name.split("."):
+        node = next(n for n in nodes if getattr(n, "name", None) == part)
+        nodes = node.body
+    return node
+
+
+def edit_inside(workdir, module: str, name: str, text: str = "pass  # an edit") -> str:
+    """Insert the line ``text`` into the body of definition ``name`` of ``module`` (``Class.method`` too), after its
+    docstring if it has one (by default a statement: an edit to what the code does); returns the original text of
+    the file."""
     path = workdir / "p2core" / f"{module}.py"
     original = path.read_text()
-    node = next(n for n in ast.parse(original).body if getattr(n, "name", None) == name)
+    node = definition_node(original, name)
     first = node.body[0]
-    line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
+    has_docstring = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
+    if has_docstring and len(node.body) > 1:
+        line = first.end_lineno + 1
+        first = node.body[1]
+    else:
+        line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
     lines = original.splitlines(keepends=True)
-    lines.insert(line - 1, " " * first.col_offset + "# an edit\n")
+    lines.insert(line - 1, " " * first.col_offset + text + "\n")
     path.write_text("".join(lines))
     return original
 
 
-def planned_after_edit(workdir, module: str, name: str) -> tuple[set[str], str]:
+def planned_after_edit(workdir, module: str, name: str, text: str = "pass  # an edit") -> tuple[set[str], str]:
     path = workdir / "p2core" / f"{module}.py"
-    original = edit_inside(workdir, module, name)
+    original = edit_inside(workdir, module, name, text)
     try:
         result = snakemake(workdir, "-n", "--configfile", "config/test.yaml")
     finally:
@@ -258,6 +275,82 @@ def test_a_plotting_edit_redraws_only_the_figures(built):
     }
     rules, _ = planned_after_edit(built, "plots", "figure4")
     assert rules == {"figure4", "all"}
+
+
+def edit_docstring(workdir, module: str, name: str) -> str:
+    """Reword the first line of the docstring of definition ``name`` of ``module``; returns the original text."""
+    path = workdir / "p2core" / f"{module}.py"
+    original = path.read_text()
+    docstring = definition_node(original, name).body[0]
+    lines = original.splitlines(keepends=True)
+    lines[docstring.lineno - 1] = lines[docstring.lineno - 1].replace('"""', '"""Reworded. ', 1)
+    path.write_text("".join(lines))
+    return original
+
+
+@pytest.mark.parametrize(
+    "module, name", [("prepare", "prepare_embedded"), ("diffusion", "GaussianDiffusion.training_losses")]
+)
+def test_a_comment_or_docstring_edit_anywhere_in_a_definition_plans_nothing(built, module, name):
+    """The data preparation (everything downstream of it) and the training loss (every model): a comment line and a
+    reworded docstring change no result, so they rerun nothing; a statement in the same place does."""
+    rules, _ = planned_after_edit(built, module, name, "# a comment explaining the next line")
+    assert rules == set()
+    path = built / "p2core" / f"{module}.py"
+    original = edit_docstring(built, module, name)
+    try:
+        result = snakemake(built, "-n", "--configfile", "config/test.yaml")
+    finally:
+        path.write_text(original)
+    assert result.returncode == 0 and planned_rules(result) == set(), result.stderr[-2000:]
+    rules, _ = planned_after_edit(built, module, name)
+    assert "train" in rules
+
+
+def planned_with_config(workdir, change) -> set[str]:
+    """The rules a dry run of the built DAG plans under config/test.yaml changed by ``change(config)``."""
+    config = yaml.safe_load((workdir / "config/test.yaml").read_text())
+    change(config)
+    (workdir / "config/changed.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", "--configfile=config/changed.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return planned_rules(result)
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [("train", "log_every", 5), ("train", "save_every", 5), ("train", "microbatch", 3), ("sampling", "batch_size", 5)],
+)
+def test_a_setting_that_changes_no_result_plans_nothing(built, section, key, value):
+    assert planned_with_config(built, lambda config: config[section].update({key: value})) == set()
+
+
+def test_a_setting_that_changes_results_reruns_what_it_reaches(built):
+    assert {"train", "sample", "evaluate", "table1"} <= planned_with_config(
+        built, lambda config: config["train"].update(lr=5e-4)
+    )
+    assert "train" not in planned_with_config(built, lambda config: config["sampling"].update(seed=8))
+
+
+def test_a_frozen_dataset_retrains_nothing_whatever_changes(built):
+    """``freeze: [digits]``: no rule makes digits' models, so a loss edit or an lr change plans no training. (A loss
+    edit still redraws the sample sets: the sample jobs' fingerprint holds ``GaussianDiffusion``, loss and process
+    in one class, until the loss moves out of it.)"""
+    frozen = lambda config: config.update(freeze=["digits"])  # noqa: E731
+    assert planned_with_config(built, frozen) == set()
+    path = built / "p2core" / "diffusion.py"
+    original = edit_inside(built, "diffusion", "GaussianDiffusion.training_losses")
+    try:
+        after_loss_edit = planned_with_config(built, frozen)
+    finally:
+        path.write_text(original)
+    assert "train" not in after_loss_edit and "figure2" in after_loss_edit, after_loss_edit
+    assert planned_with_config(built, lambda config: (frozen(config), config["train"].update(lr=5e-4))) == set()
+
+
+def test_trained_models_are_write_protected(built):
+    models = list((built / "results/models").rglob("ema.pt"))
+    assert models and all(stat.S_IMODE(p.stat().st_mode) & 0o222 == 0 for p in models)
 
 
 def test_only_sampling_rules_depend_on_samplers_whatever_the_config():

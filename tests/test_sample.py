@@ -7,8 +7,8 @@ from conftest import tiny_spec
 
 from p2core.errors import DataError
 from p2core.grids import image_grid
-from p2core.sample import generate
-from p2core.shards import SampleShards, open_shard, save_shard
+from p2core.sample import draw_shard, generate
+from p2core.shards import SampleShards, open_shard, save_shard, shard_origin
 from p2core.train import TrainSpec, train
 
 
@@ -76,6 +76,36 @@ def test_corrupt_shard_is_one_line_naming_it(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "shard0.npz is unreadable" in result.stderr
+
+
+def test_a_sample_set_has_one_precision(tmp_path):
+    """Shards drawn in different precisions (a mixed partition resolving ``auto`` per node) are refused by every
+    reader, ``p2core evaluate`` included, in one line naming them; one precision is the set's."""
+    images = np.zeros((6, 4, 4, 1), dtype=np.uint8)
+    for k, precision in enumerate(("fp32", "bf16", "fp32")):
+        save_shard(tmp_path / f"shard{k}.npz", images[2 * k : 2 * k + 2], 2 * k, origin={"precision": precision})
+    paths = [tmp_path / f"shard{k}.npz" for k in range(3)]
+    assert SampleShards(paths[:1]).precision == "fp32"
+    with pytest.raises(DataError, match=r"different precisions \(bf16: shard1.npz; fp32: shard0.npz, shard2.npz\)"):
+        SampleShards(paths)
+    result = subprocess.run(
+        [sys.executable, "-m", "p2core", "evaluate", "--samples", *map(str, paths), "--reference", "none.npz"]
+        + ["--out", str(tmp_path / "m.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "different precisions" in result.stderr
+
+
+def test_auto_samples_in_the_precision_the_model_was_trained_in(checkpoint, tmp_path, monkeypatch):
+    """``auto`` takes the checkpoint's precision (fp32 here), not the node's: every shard of a set agrees."""
+    import p2core.device
+
+    monkeypatch.setattr(p2core.device, "native_bf16", lambda device: True)  # a node that would pick bf16
+    draw_shard(checkpoint, "ddim2", tmp_path / "auto.npz", 0, 2, precision="auto", progress=False)
+    draw_shard(checkpoint, "ddim2", tmp_path / "bf16.npz", 0, 2, precision="bf16", progress=False)
+    assert shard_origin(tmp_path / "auto.npz")["precision"] == "fp32"
+    assert shard_origin(tmp_path / "bf16.npz")["precision"] == "bf16"
 
 
 def test_second_writer_of_a_shard_is_refused(checkpoint, tmp_path):

@@ -139,14 +139,44 @@ def test_microbatches_accumulate_to_the_full_batch_update(digits8, tmp_path):
             progress=False,
         )
         runs[name] = load_checkpoint(tmp_path / name / "checkpoint.pt")
-    assert runs["micro"]["spec"]["microbatch"] == 3  # recorded, so a resume with other settings is refused
+    assert runs["micro"]["spec"]["microbatch"] == 3  # recorded (run.json shows how the run executed)
     rows = [(tmp_path / name / "train.csv").read_text().splitlines()[1:] for name in runs]
     for a, b in zip(*rows, strict=True):
         assert [float(v) for v in a.split(",")[:9]] == pytest.approx([float(v) for v in b.split(",")[:9]], rel=1e-6)
     moments = [runs[name]["optimizer"]["state"][0]["exp_avg"] for name in runs]  # (1 - beta1) x the gradients
     torch.testing.assert_close(moments[1], moments[0], rtol=1e-5, atol=1e-9)
-    with pytest.raises(CheckpointError, match=r"different settings \(microbatch\)"):
-        train(TrainSpec.from_dict(tiny_spec(steps=3, microbatch=4)), digits8, tmp_path / "micro", progress=False)
+    # the same update whatever the split: a resume on a smaller GPU may change it (and the cadences)
+    train(
+        TrainSpec.from_dict(tiny_spec(steps=3, microbatch=4, log_every=3, save_every=3)),
+        digits8,
+        tmp_path / "micro",
+        progress=False,
+    )
+    assert load_checkpoint(tmp_path / "micro" / "checkpoint.pt")["step"] == 3
+
+
+def test_a_run_keeps_the_precision_it_started_in(digits8, tmp_path, monkeypatch):
+    """``auto`` is resolved once, at the first start, and stored: a resume on a device that would resolve it otherwise
+    keeps it (and says so in run.json); an explicit other precision is refused in one line."""
+    import p2core.device
+
+    monkeypatch.setattr(p2core.device, "native_bf16", lambda device: True)  # the first node has native bf16
+    train(TrainSpec.from_dict(tiny_spec(steps=2, precision="auto")), digits8, tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["spec"]["precision"] == "bf16"
+    monkeypatch.setattr(p2core.device, "native_bf16", lambda device: False)  # requeued onto a node without it
+    train(TrainSpec.from_dict(tiny_spec(steps=3, precision="auto")), digits8, tmp_path, progress=False)
+    resumed = load_checkpoint(tmp_path / "ema.pt")
+    assert resumed["spec"]["precision"] == "bf16" and resumed["provenance"]["precision"] == "bf16"
+    assert json.loads((tmp_path / "run.json").read_text())["provenance"]["precision"] == "bf16"
+    with pytest.raises(CheckpointError, match="trained in bf16 until step 3; it cannot continue in fp32"):
+        train(TrainSpec.from_dict(tiny_spec(steps=4, precision="fp32")), digits8, tmp_path, progress=False)
+
+
+def test_tf32_is_refused_off_cuda_in_one_line(digits8, tmp_path):
+    spec = json.dumps(tiny_spec(steps=1, precision="tf32"))
+    result = run_cli("train", "--data", str(digits8), "--out", str(tmp_path), "--spec", spec, "--device", "cpu")
+    assert result.returncode == 2 and "precision tf32 runs only on CUDA" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_second_writer_of_a_run_folder_exits_naming_the_holder(digits8, tmp_path):

@@ -45,6 +45,8 @@ def test_tiny_dag_builds_every_artifact(built):
     table1 = (built / "results/table1.csv").read_text().splitlines()
     assert table1[0].startswith("dataset,objective,fid_mean,fid_std,kid_mean,kid_std,seeds")
     assert len(table1) == 3 and all(",2," in row for row in table1[1:])  # 2 seeds per cell
+    rows = list(csv.DictReader((built / "results/table1.csv").open()))
+    assert {row["precision"] for row in rows} == {"fp32"}  # every number says what it was computed in
     assert len((built / "results/table3.csv").read_text().splitlines()) == 1 + 2 * 2
     assert (built / "logs/train/digits/p2/a/seed0.log").is_file()
     assert (built / "benchmarks/jobs/train/digits/p2/a/seed0.tsv").is_file()
@@ -133,6 +135,7 @@ BAD_CONFIGS = [
     ),
     (lambda c: c["table1"].update(objectives=["baseline", "p3"]), "table1.objectives names objective 'p3'"),
     (lambda c: c["sampling"].update(shard_size=0), "sampling.shard_size: 0 is less than the minimum of 1"),
+    (lambda c: c.update(freeze=["ffhq"]), "freeze names dataset 'ffhq', not defined under datasets (digits)"),
     (
         lambda c: c["objectives"].update(p2_again={"weighting": "p2", "weighting_params": {"k": 1.0, "gamma": 1.0}}),
         "objectives.p2_again: the same objective as objectives.p2 (its runs would be trained twice)",
@@ -163,6 +166,14 @@ def test_a_bad_config_is_one_line_before_any_job(tmp_path, change, message):
     errors = [line for line in result.stderr.splitlines() if line.startswith("config error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_freezing_a_dataset_whose_models_do_not_exist_is_one_line(tmp_path):
+    workdir = make_workspace(tmp_path)
+    result = snakemake(workdir, "-n", "--configfile", write_config(workdir, lambda c: c.update(freeze=["digits"])))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("config error:")]
+    assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "freeze: results/models/digits/" in errors[0] and "build the models of dataset 'digits'" in errors[0]
 
 
 def test_lint_is_clean(tmp_path):

@@ -52,6 +52,10 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"{where}: {error.message}")
     apply_defaults(cfg, schema, schema)
     _check_references(cfg)
+    for name in cfg["freeze"]:
+        if name not in cfg["datasets"]:
+            defined = ", ".join(cfg["datasets"])
+            raise ConfigError(f"freeze names dataset '{name}', not defined under datasets ({defined})")
     _check_datasets(cfg)
     for name, objective in cfg["objectives"].items():
         check_objective(f"objectives.{name}", objective, cfg)

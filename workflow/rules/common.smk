@@ -16,6 +16,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "workflow")]
 from config_check import ConfigError, validate  # noqa: E402
 from p2core.backends import BACKENDS, CLEAN_FID, TORCH_FIDELITY, reference_extractor  # noqa: E402
 from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps  # noqa: E402
+from p2core.trainspec import EXECUTION_SETTINGS  # noqa: E402
 from steps import SAMPLERS, WEIGHTINGS, fingerprint  # noqa: E402
 
 #: keys of a dataset's objective override that say where the model comes from, not how it diffuses
@@ -104,10 +105,19 @@ def train_resources(dataset, arch):
     return train_cfg(dataset, arch)["resources"]
 
 
+def train_execution(dataset, arch, name):
+    """A setting that says how a run executes, not what it computes (p2core.trainspec.EXECUTION_SETTINGS): passed as
+    a job resource, which is no rerun trigger (0: TrainSpec's default; for microbatch, the whole share at once)."""
+    return train_cfg(dataset, arch).get(name) or 0
+
+
 def train_spec(wildcards):
-    """The p2core TrainSpec of one run as JSON (deterministic: sorted keys): the config's ``train`` fields untouched,
-    the arch's model flags, and the objective's diffusion settings (fields of ``create_diffusion``) untouched."""
-    spec = {key: value for key, value in train_cfg(wildcards.dataset, wildcards.arch).items() if key != "resources"}
+    """The p2core TrainSpec of one run as JSON (deterministic: sorted keys): the config's ``train`` fields untouched
+    but the execution settings (job resources instead, see train_execution), the arch's model flags, and the
+    objective's diffusion settings (fields of ``create_diffusion``) untouched. A rerun trigger: every field can change
+    the result."""
+    ignored = ("resources", *EXECUTION_SETTINGS)
+    spec = {key: value for key, value in train_cfg(wildcards.dataset, wildcards.arch).items() if key not in ignored}
     spec.update(
         model=config["archs"][wildcards.arch]["model"],
         diffusion=diffusion_spec(wildcards.dataset, wildcards.objective),
@@ -156,6 +166,13 @@ def split_run(run):
     """(dataset, objective, arch, seed) of a run path."""
     dataset, objective, arch, seed = run.split("/")
     return dataset, objective, arch, int(seed.removeprefix("seed"))
+
+
+def model_file(wildcards):
+    """A run's final ema.pt, as the input of the jobs that read its model: ``ancient`` for a frozen dataset (no rule
+    makes it; whatever touches the file, it counts as older than what was drawn from it)."""
+    path = f"results/models/{run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)}/ema.pt"
+    return ancient(path) if wildcards.dataset in FROZEN else path
 
 
 def checkpoint_file(wildcards):
@@ -459,8 +476,30 @@ def imported_runs():
     return imported
 
 
+# ------------------------------------------------------------------------------------------------- freeze
+#: datasets whose models are kept as they are (never made by a job), so a finished paper run survives any edit
+FROZEN = set(config["freeze"])
+# the train rule's {dataset} wildcard matches every dataset but the frozen ones
+TRAINED_DATASET_PATTERN = (
+    f"(?!(?:{'|'.join(re.escape(d) for d in sorted(FROZEN))})/)[A-Za-z0-9_-]+" if FROZEN else "[A-Za-z0-9_-]+"
+)
+
+
+def check_frozen_models():
+    """A ConfigError naming the first model of a frozen dataset that the configured artifacts use and that does not
+    exist: freezing keeps models, it cannot make them."""
+    for run in referenced_runs():
+        model = Path(f"results/models/{run}/ema.pt")
+        if split_run(run)[0] in FROZEN and not model.is_file():
+            raise ConfigError(
+                f"freeze: {model} does not exist; build the models of dataset '{split_run(run)[0]}' before freezing it "
+                "(take it out of freeze, run, then put it back)"
+            )
+
+
 try:
-    IMPORTED = imported_runs()
+    IMPORTED = {run: source for run, source in imported_runs().items() if split_run(run)[0] not in FROZEN}
+    check_frozen_models()
 except ConfigError as error:
     print(f"config error: {error}", file=sys.stderr)
     sys.exit(1)

@@ -6,7 +6,7 @@ rule import_model:
         source=lambda w: IMPORTED[w.run],
         data=lambda w: f"results/data/{split_run(w.run)[0]}/meta.json",
     output:
-        f"results/models/{{run,{IMPORTED_RUN_PATTERN}}}/ema.pt",
+        protected(f"results/models/{{run,{IMPORTED_RUN_PATTERN}}}/ema.pt"),
     log:
         "logs/import_model/{run}.log",
     conda:

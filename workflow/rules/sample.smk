@@ -3,10 +3,11 @@ rule sample:
 
     Image i depends only on (checkpoint, sampler, seed, i), so shards are independent jobs, each retried on its own,
     and a finished shard is never drawn again. Same seed for every model: Figures 5 and 6 compare like with like.
+    The batch size changes no image, so it is a resource, not a param: changing it redraws nothing.
     """
     input:
         # the run's final ema.pt, written after every snapshot: the snapshot named by {ckpt} exists once it does
-        "results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
+        model_file,
     output:
         "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.npz",
     log:
@@ -20,18 +21,18 @@ rule sample:
         gpu=config["sampling"]["gpus"],
         mem_mb=config["sampling"]["mem_mb"],
         runtime=sample_runtime,
+        batch_size=config["sampling"]["batch_size"],
     params:
         checkpoint=checkpoint_file,
         start=lambda w: shard_range(w.shard)[0],
         num=lambda w: shard_range(w.shard)[1],
-        batch_size=config["sampling"]["batch_size"],
         seed=config["sampling"]["seed"],
         precision=config["sampling"]["precision"],
         channels_last=str(config["sampling"]["channels_last"]).lower(),
         code=sample_code,
     shell:
         "python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
-        " --num {params.num} --batch-size {params.batch_size} --seed {params.seed} --precision {params.precision}"
+        " --num {params.num} --batch-size {resources.batch_size} --seed {params.seed} --precision {params.precision}"
         " --channels-last {params.channels_last} --threads {threads} --out {output} > {log} 2>&1"
 
 

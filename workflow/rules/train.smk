@@ -3,11 +3,13 @@ rule train:
 
     Only ema.pt, written last, is declared: checkpoint.pt, train.csv and the ema_step{N}.pt snapshots must survive
     a failed or preempted attempt (snakemake deletes the declared outputs of failed jobs), so the retry resumes.
+    ema.pt is write-protected once written, and the models of the datasets under ``freeze`` have no rule at all.
+    Cadences and microbatch are resources, not params: changing them reruns nothing.
     """
     input:
         "results/data/{dataset}/meta.json",
     output:
-        "results/models/{dataset}/{objective}/{arch}/seed{seed}/ema.pt",
+        protected(f"results/models/{{dataset,{TRAINED_DATASET_PATTERN}}}/{{objective}}/{{arch}}/seed{{seed}}/ema.pt"),
     log:
         "logs/train/{dataset}/{objective}/{arch}/seed{seed}.log",
     benchmark:
@@ -19,6 +21,9 @@ rule train:
         mem_mb=lambda w: train_resources(w.dataset, w.arch)["mem_mb"],
         runtime=lambda w: train_resources(w.dataset, w.arch)["runtime_min"],
         gpu=lambda w: train_resources(w.dataset, w.arch)["gpus"],
+        log_every=lambda w: train_execution(w.dataset, w.arch, "log_every"),
+        save_every=lambda w: train_execution(w.dataset, w.arch, "save_every"),
+        microbatch=lambda w: train_execution(w.dataset, w.arch, "microbatch"),
     params:
         spec=train_spec,
         out=lambda w: f"results/models/{run_path(**w)}",
@@ -26,4 +31,5 @@ rule train:
         code=train_code,
     shell:
         "{params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
+        " --log-every {resources.log_every} --save-every {resources.save_every} --microbatch {resources.microbatch}"
         " --threads {threads} > {log} 2>&1"
