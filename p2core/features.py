@@ -140,6 +140,14 @@ def load_domain_classifier(path: str | Path) -> tuple[DomainClassifier, dict]:
     return model.eval().requires_grad_(False), state
 
 
+@torch.no_grad()
+def domain_logits(path: str | Path, features: np.ndarray) -> np.ndarray:
+    """The classifier's logits ``(N, classes)`` from its penultimate ``features`` ``(N, 128)`` (the FID features:
+    its head is one linear layer, so nothing is computed twice)."""
+    classifier, _ = load_domain_classifier(path)
+    return classifier.head(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
+
+
 class DomainFeatureExtractor(FeatureExtractorBase):
     """torch-fidelity feature extractor over :class:`DomainClassifier` (registered as ``"domain"``).
 

@@ -48,7 +48,7 @@ from p2core.backends import (
 from p2core.data import load_prepared
 from p2core.device import pick_device
 from p2core.errors import P2Error
-from p2core.features import DomainFeatureExtractor
+from p2core.features import DomainFeatureExtractor, domain_logits
 from p2core.progress import progress_bar
 from p2core.shards import SampleShards
 from p2core.weights import (
@@ -246,6 +246,7 @@ def write_reference(
         "image_shape": list(data.images.shape[1:]),
         "feature_spread": spread,
         "noise_floor": scores.noise_floor(features, floor_size, kid_subset_size, fid=scorer.fid, kid_fn=scorer.kid),
+        "recognisable": _recognisable(network.extractor, network.weights.path, features),
         "provenance": provenance.record(network.device),
     }
     blob = np.array(json.dumps(info))
@@ -290,6 +291,9 @@ def _score(generated, reference: str | Path, kid_subset_size, device, progress) 
         "fid": scorer.fid(*scores.statistics(features), ref_mu, ref_sigma),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
+        **scores.precision_recall(features, ref_features),
+        "recognisable": _recognisable(info["extractor"], weights, features),
+        "reference_recognisable": info.get("recognisable"),
         **{k: info[k] for k in ("backend", "mode", "extractor", "extractor_weights", "extractor_weights_sha256")},
         "backend_name": backend,
         "weights_verified": info["weights_verified"],
@@ -305,6 +309,14 @@ def _score(generated, reference: str | Path, kid_subset_size, device, progress) 
         "dataset_sha256": info["dataset_sha256"],
     }
     return result, features, (ref_mu, ref_sigma)
+
+
+def _recognisable(extractor: str, weights: Path, features: np.ndarray) -> float | None:
+    """The fraction of images the domain classifier recognises (:func:`p2core.scores.recognisable_fraction`), from
+    their domain features; None for other extractors (no classifier of the domain)."""
+    if extractor != DOMAIN:
+        return None
+    return scores.recognisable_fraction(domain_logits(weights, features))
 
 
 def parse_tags(pairs: list[str]) -> dict:

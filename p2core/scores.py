@@ -9,7 +9,9 @@ number here equals torch-fidelity's on the same features; on top of them:
 * :func:`noise_floor`: FID/KID of held-out real images against the other real images, what "no difference"
   scores at the evaluation's sample count;
 * :func:`bootstrap_fid`: FID of resampled (with replacement) generated sets, for an interval over samples
-  (:class:`FixedReference` makes each resample one symmetric eigenproblem).
+  (:class:`FixedReference` makes each resample one symmetric eigenproblem);
+* :func:`precision_recall`: sample quality and coverage apart (FID mixes them: a set with a third noise images can
+  score like a clean one), and :func:`recognisable_fraction` where a domain classifier exists.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ import numpy as np
 import torch
 from torch_fidelity.metric_fid import fid_statistics_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import calculate_precision_recall_part
 
 from p2core.errors import P2Error
 
 KID_SUBSET_CAP = 1000
 KID_SUBSETS = 100
+#: improved precision and recall's k (Kynkaanniemi et al. 2019, torch-fidelity's default)
+PRC_NEIGHBOURHOOD = 3
+#: a domain classifier's max-probability above which an image counts as recognisable
+RECOGNISABLE_CONFIDENCE = 0.9
 
 
 def statistics(features: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +116,8 @@ def noise_floor(
     features: np.ndarray, size: int, kid_subset: int | str | None, seed: int = 0, fid=None, kid_fn=None
 ) -> dict:
     """FID and KID of ``size`` random real images (at most half the set) against all the other real images: what
-    "no difference" scores when ``size`` generated images are compared with the reference set.
+    "no difference" scores when ``size`` generated images are compared with the reference set; likewise their
+    precision and recall (:func:`precision_recall`), the ceiling a perfect model reaches.
 
     ``fid(mu1, sigma1, mu2, sigma2)`` and ``kid_fn(features1, features2, subset_size) -> (mean, std or None)`` are the
     backend's formulas (default: torch-fidelity's, :func:`frechet_distance` and :func:`kid`)."""
@@ -128,10 +136,40 @@ def noise_floor(
         "fid": fid(*statistics(first), *statistics(rest)),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
+        **{k: v for k, v in precision_recall(first, rest, seed=seed).items() if k != "prc_n_real"},
         "n_held_out": int(size),
         "n_rest": int(len(rest)),
         "kid_subset_size": int(subset),
     }
+
+
+def precision_recall(
+    generated: np.ndarray, real: np.ndarray, neighbourhood: int = PRC_NEIGHBOURHOOD, seed: int = 0
+) -> dict:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of ``generated`` features (N, D) against ``real``
+    ones (M, D), by torch-fidelity's formula on the same features as FID. Precision: the fraction of generated
+    samples inside the real manifold (each real feature's ball out to its ``neighbourhood``-th nearest real
+    neighbour), i.e. quality; recall: the fraction of real samples inside the generated manifold, i.e. coverage.
+    The balls' radii depend on the set size, so with M > N a seeded subset of N real features stands for the real
+    set. Returns ``prc_precision``, ``prc_recall`` (in [0, 1]; named apart from the numerical ``precision`` a
+    result records) and ``prc_n_real``."""
+    real = np.asarray(real)
+    if len(real) > len(generated):
+        real = real[np.random.default_rng(seed).choice(len(real), len(generated), replace=False)]
+    if min(len(real), len(generated)) <= neighbourhood:
+        raise P2Error(f"precision and recall need more than {neighbourhood} images per set, got {len(generated)}")
+    as_tensor = lambda values: torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))  # noqa: E731
+    precision, recall = calculate_precision_recall_part(as_tensor(generated), as_tensor(real), neighbourhood)
+    return {"prc_precision": float(precision), "prc_recall": float(recall), "prc_n_real": int(len(real))}
+
+
+def recognisable_fraction(logits: np.ndarray, confidence: float = RECOGNISABLE_CONFIDENCE) -> float:
+    """The fraction of images whose classifier logits ``(N, classes)`` give some class a probability above
+    ``confidence``: images a domain classifier recognises (a digit, not noise)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    return float((probabilities.max(axis=1) > confidence).mean())
 
 
 class FixedReference:

@@ -60,6 +60,12 @@ def _summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         n_generated=("n_generated", "first"),
         n_reference=("n_reference", "first"),
     ).reset_index()
+    for column in ("prc_precision", "prc_recall", "recognisable"):  # sample quality beside FID (mean over seeds)
+        if column in table and table[column].notna().any():
+            out[f"{column}_mean"] = grouped[column].mean().values
+    for column in ("noise_floor_prc_precision", "noise_floor_prc_recall", "reference_recognisable"):  # ceilings
+        if column in table and table[column].notna().any():
+            out[column] = grouped[column].first().values
     for column in ("noise_floor_fid", "backend", "weights_verified", "comparable_to_inception"):
         if column in table:
             out[column] = grouped[column].first().values
@@ -306,7 +312,7 @@ def _summary_claims(inputs, out, literature, markdown) -> pd.DataFrame:
     reach = None
     if "table4" in tables and "table1" in tables:  # the fast samplers against the sampler of Table 1
         reach = evaluations_to_reach(tables["table4"], str(tables["table1"]["sampler"].iloc[0]))
-    atomic_write_text(out, summary_markdown(table, reach, tables.get("table5")))
+    atomic_write_text(out, summary_markdown(table, reach, tables.get("table5"), tables.get("table1")))
     provenance.write_sidecar(out, {"aggregates": [str(path) for path in inputs]})
     return table
 
@@ -529,11 +535,15 @@ def _cosine_worse(metrics: pd.DataFrame) -> list[dict]:
 
 
 def summary_markdown(
-    claims_table: pd.DataFrame, reach: pd.DataFrame | None = None, study: pd.DataFrame | None = None
+    claims_table: pd.DataFrame,
+    reach: pd.DataFrame | None = None,
+    study: pd.DataFrame | None = None,
+    quality: pd.DataFrame | None = None,
 ) -> str:
     """A short generated summary: one line per claim, numbers from the tables, never written by hand; with
     ``reach`` (:func:`evaluations_to_reach`) also the fewest model evaluations per sampler reaching Table 1's FID,
-    with ``study`` (Table 5) the weightings ranked by FID."""
+    with ``study`` (Table 5) the weightings ranked by FID, with ``quality`` (Table 1) what its sample sets are made
+    of: precision, recall and the recognisable fraction beside their ceilings."""
     lines = [
         "# What this run shows",
         "",
@@ -548,6 +558,10 @@ def summary_markdown(
         lines.append(
             f"- **{c['verdict']}**: {c['claim']} ({c['table']}): {c['difference']:+.3g}, {interval}; {c['interval']}."
         )
+    if quality is not None and "prc_precision_mean" in quality:
+        lines += ["", "## What Table 1's samples are (mean over seeds; the real data's value in brackets)", ""]
+        for _, r in quality.iterrows():
+            lines.append(f"- {r['dataset']}, {r['objective']}: " + _quality_text(r))
     if study is not None and not study.empty:
         lines += ["", "## Weightings ranked by FID (Table 5; mean +- std over seeds, lowest first)", ""]
         for _, r in study.sort_values("fid_mean").iterrows():
@@ -565,6 +579,24 @@ def summary_markdown(
                 f"- {r['objective']}, {r['kind']}: {found}; its FID {r['reference_fid']:.4g}, tried {r['tried']}."
             )
     return "\n".join(lines) + "\n"
+
+
+def _quality_text(row: pd.Series) -> str:
+    """``recognisable 0.41 (0.96), precision 0.55 (0.86), recall 0.80 (0.94)``: a Table 1 row's sample quality
+    beside the real data's (the reference's recognisable fraction, the noise floor's precision and recall)."""
+    parts = [
+        (name, row.get(f"{column}_mean"), row.get(ceiling))
+        for name, column, ceiling in (
+            ("recognisable", "recognisable", "reference_recognisable"),
+            ("precision", "prc_precision", "noise_floor_prc_precision"),
+            ("recall", "prc_recall", "noise_floor_prc_recall"),
+        )
+    ]
+    return ", ".join(
+        f"{name} {value:.2f}" + (f" ({ceiling:.2f})" if pd.notna(ceiling) else "")
+        for name, value, ceiling in parts
+        if value is not None and pd.notna(value)
+    )
 
 
 def _times(speedup: float) -> str:

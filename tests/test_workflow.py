@@ -47,6 +47,11 @@ def test_tiny_dag_builds_every_artifact(built):
     assert len(table1) == 3 and all(",2," in row for row in table1[1:])  # 2 seeds per cell
     rows = list(csv.DictReader((built / "results/table1.csv").open()))
     assert {row["precision"] for row in rows} == {"fp32"}  # every number says what it was computed in
+    for row in rows:  # sample quality beside FID, with the real data's values
+        values = [float(row[c]) for c in ("prc_precision_mean", "prc_recall_mean", "recognisable_mean")]
+        ceilings = [float(row[c]) for c in ("noise_floor_prc_precision", "reference_recognisable")]
+        assert all(0 <= v <= 1 for v in values + ceilings)
+    assert "recognisable" in (built / "results/summary.md").read_text()
     assert len((built / "results/table3.csv").read_text().splitlines()) == 1 + 2 * 2
     assert (built / "logs/train/digits/p2/a/seed0.log").is_file()
     assert (built / "benchmarks/jobs/train/digits/p2/a/seed0.tsv").is_file()
