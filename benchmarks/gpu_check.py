@@ -34,8 +34,8 @@ from throughput import PAPER, sync, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from p2core.device import native_bf16, precision_context
-from p2core.diffusion import create_diffusion
 from p2core.images import to_uint8
+from p2core.objective import create_objective
 from p2core.respace import SAMPLERS
 from p2core.sampling import for_sampler, sample
 from p2core.train import _update_ema, adamw
@@ -50,17 +50,17 @@ PEAK_TFLOPS = {
 }
 
 
-def model_and_diffusion(knobs: dict, device: torch.device, channels_last: bool):
+def model_and_objective(knobs: dict, device: torch.device, channels_last: bool):
     torch.manual_seed(0)
     model = create_model(**knobs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, create_diffusion(weighting="p2", weighting_params={"gamma": 1.0, "k": 1.0})
+    return model, create_objective({"weighting": "p2", "weighting_params": {"gamma": 1.0, "k": 1.0}})
 
 
 def forward_flops(knobs: dict, device: torch.device) -> float:
     """FLOPs of one forward pass for one image (counted, not estimated)."""
-    model, _ = model_and_diffusion(knobs, device, False)
+    model, _ = model_and_objective(knobs, device, False)
     x = torch.zeros(1, 3, knobs["image_size"], knobs["image_size"], device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x, torch.zeros(1, dtype=torch.long, device=device))
@@ -70,7 +70,7 @@ def forward_flops(knobs: dict, device: torch.device) -> float:
 def train_speed(knobs, batch, device, precision, channels_last, steps, compiled=False, microbatch=None) -> dict:
     """img/s of full training steps (hybrid loss, backward, fused AdamW, EMA) after two warm-up steps; peak memory."""
     mixed_precision = precision_context(precision, device)  # as training sets it: TF32 on only for tf32
-    model, diffusion = model_and_diffusion(knobs, device, channels_last)
+    model, objective = model_and_objective(knobs, device, channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = adamw(model.parameters(), 2e-5, 0.0, device)
     network = torch.compile(model) if compiled else model
@@ -84,7 +84,7 @@ def train_speed(knobs, batch, device, precision, channels_last, steps, compiled=
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, batch, chunk):
             with mixed_precision:
-                losses = diffusion.training_losses(network, x[start : start + chunk], t[start : start + chunk])
+                losses = objective.losses(network, x[start : start + chunk], t[start : start + chunk])
             (losses["loss"].sum() / batch).backward()
         optimizer.step()
         _update_ema(ema, model, 0.9999)
@@ -104,10 +104,10 @@ def train_speed(knobs, batch, device, precision, channels_last, steps, compiled=
 def draw(knobs, device, precision, sampler, count, seed=0) -> tuple[torch.Tensor, float]:
     """``count`` images from one seed per image with ``sampler``, and the seconds it took. The network's weights are
     perturbed (seeded) so that its output, zero at ADM's initialisation, shapes the samples."""
-    model, diffusion = model_and_diffusion(knobs, device, False)
+    model, objective = model_and_objective(knobs, device, False)
     for parameter in model.parameters():
         parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)).to(device))
-    kind, process = for_sampler(diffusion, sampler)
+    kind, process = for_sampler(objective.process, sampler)
     generators = [torch.Generator(device).manual_seed(seed * 100_000 + i) for i in range(count)]
     shape = (count, 3, knobs["image_size"], knobs["image_size"])
     sync(device)
@@ -123,7 +123,7 @@ def _ddp_worker(rank: int, world: int, knobs: dict, batch: int, steps: int, port
     dist.init_process_group("nccl", rank=rank, world_size=world)
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
-    model, diffusion = model_and_diffusion(knobs, device, False)
+    model, objective = model_and_objective(knobs, device, False)
     wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
     optimizer = adamw(model.parameters(), 2e-5, 0.0, device)
     x = torch.rand(batch, 3, knobs["image_size"], knobs["image_size"], device=device) * 2 - 1
@@ -133,7 +133,7 @@ def _ddp_worker(rank: int, world: int, knobs: dict, batch: int, steps: int, port
             start = time.perf_counter()
         t = torch.randint(1000, (batch,), device=device)
         with precision_context("bf16", device):
-            loss = diffusion.training_losses(wrapped, x, t)["loss"].mean()
+            loss = objective.losses(wrapped, x, t)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -27,7 +27,7 @@ from throughput import SMALL
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from p2core.diffusion import create_diffusion
+from p2core.objective import create_objective
 from p2core.sampling import respaced
 from p2core.train import _update_ema, adamw
 from p2core.unet import create_model, with_geometry
@@ -68,15 +68,15 @@ def steps(knobs: dict, train_batch: int, sample_batch: int, channels_last: bool)
     model = create_model(**knobs).to(memory_format=fmt)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = adamw(model.parameters(), 4e-4, 0.0, torch.device("cpu"))
-    diffusion = create_diffusion(weighting="p2", weighting_params={"gamma": 1.0, "k": 1.0})
-    process = respaced(diffusion, "50")
+    objective = create_objective({"weighting": "p2", "weighting_params": {"gamma": 1.0, "k": 1.0}})
+    process = respaced(objective.process, "50")
     size, channels = knobs["image_size"], knobs.get("in_channels", 3)
     x = (torch.rand(train_batch, channels, size, size) * 2 - 1).contiguous(memory_format=fmt)
     x_t = torch.randn(sample_batch, channels, size, size)
 
     def train_step():
         t = torch.randint(1000, (train_batch,))
-        loss = diffusion.training_losses(model, x, t)["loss"].sum() / train_batch
+        loss = objective.losses(model, x, t)["loss"].sum() / train_batch
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

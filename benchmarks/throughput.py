@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from p2core.device import PHASES, cpu_flags, native_bf16, use_channels_last
-from p2core.diffusion import create_diffusion
+from p2core.objective import create_objective
 from p2core.sampling import respaced, sample
 from p2core.train import _update_ema, adamw
 from p2core.unet import create_model
@@ -102,12 +102,12 @@ def setup(knobs, device, channels_last):
     model = create_model(**knobs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, create_diffusion(weighting="p2", weighting_params={"gamma": 1.0, "k": 1.0})
+    return model, create_objective({"weighting": "p2", "weighting_params": {"gamma": 1.0, "k": 1.0}})
 
 
 def train_throughput(knobs, batch, device, precision, channels_last, steps, compiled=False, warmup=2) -> dict:
     """Training img/s of full steps (loss, backward, AdamW, EMA), timed after ``warmup`` steps."""
-    model, diffusion = setup(knobs, device, channels_last)
+    model, objective = setup(knobs, device, channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = adamw(model.parameters(), 1e-4, 0.0, device)
     size = knobs["image_size"]
@@ -118,7 +118,7 @@ def train_throughput(knobs, batch, device, precision, channels_last, steps, comp
     def step():
         t = torch.randint(1000, (batch,), device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = diffusion.training_losses(network, x, t)["loss"].mean()
+            loss = objective.losses(network, x, t)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -135,15 +135,15 @@ def train_throughput(knobs, batch, device, precision, channels_last, steps, comp
 def sample_throughput(knobs, count, device, precision, channels_last, evaluations) -> dict:
     """Sampling speed: seconds per model evaluation per image (``count`` images, ``evaluations`` DDIM steps), and
     img/s of ddim50 at that rate."""
-    model, diffusion = setup(knobs, device, channels_last)
+    model, objective = setup(knobs, device, channels_last)
     model.eval()
     size = knobs["image_size"]
     shape = (count, 3, size, size)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        sample(respaced(diffusion, "2"), model, shape, "ddim", device=device)  # warm-up
+        sample(respaced(objective.process, "2"), model, shape, "ddim", device=device)  # warm-up
         sync(device)
         start = time.perf_counter()
-        sample(respaced(diffusion, str(evaluations)), model, shape, "ddim", device=device)
+        sample(respaced(objective.process, str(evaluations)), model, shape, "ddim", device=device)
         sync(device)
     per_evaluation = (time.perf_counter() - start) / evaluations / count
     return {"s_per_evaluation_per_image": per_evaluation, "ddim50_img_per_s": 1 / (50 * per_evaluation)}

@@ -23,7 +23,7 @@ from p2core.atomic import atomic_write_text
 from p2core.checkpoint import save_checkpoint
 from p2core.data import load_prepared
 from p2core.device import RESOLVED_PRECISIONS, pick_device
-from p2core.diffusion import create_diffusion
+from p2core.diffusion import process_of
 from p2core.errors import P2Error
 from p2core.trainlog import RUN_FILE
 from p2core.unet import create_model, parse_channel_mult, with_geometry
@@ -113,7 +113,8 @@ def import_model(source: str | Path, data_folder: str | Path, out_dir: str | Pat
     """Import ``source`` as the run ``out_dir``: ``ema.pt`` (a p2core EMA checkpoint whose ``spec`` holds the
     model flags with the data's geometry, the diffusion settings, the seed and ``imported``: the source file, its
     SHA-256 and size) and ``run.json``. ``spec``: ``model`` (UNet flags), ``diffusion``
-    (:func:`p2core.diffusion.create_diffusion` settings), ``seed``, and ``precision``: the one the file was trained
+    (the run's process and objective settings; the process's are checked here, the objective's by the config check,
+    so that importing reaches no loss code), ``seed``, and ``precision``: the one the file was trained
     in (default ``fp32``, as guided-diffusion and the authors trained), what sampling with ``auto`` uses. Returns the
     ``ema.pt`` path."""
     source, out_dir = Path(source), Path(out_dir)
@@ -132,7 +133,7 @@ def import_model(source: str | Path, data_folder: str | Path, out_dir: str | Pat
         raise P2Error(f"{source} does not fit this run's model flags: {problem}; {hint}")
     model = create_model(**flags)
     model.load_state_dict(state_dict, strict=True)
-    create_diffusion(**diffusion)  # the diffusion settings are valid (the model alone could not say)
+    process_of(diffusion)  # the process settings are valid (the model alone could not say)
     released.record(source, digest)  # the file is what it claims to be: from now on, only this file under its name
     imported = {"source": str(source), "sha256": digest, "bytes": source.stat().st_size}
     precision = spec.get("precision", "fp32")

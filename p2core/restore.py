@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from p2core.checkpoint import load_checkpoint, load_weights
-from p2core.diffusion import GaussianDiffusion, create_diffusion
+from p2core.diffusion import GaussianDiffusion, process_of
 from p2core.unet import create_model
 
 
 def build(spec: dict) -> tuple[nn.Module, GaussianDiffusion]:
-    """Model and diffusion of a stored run spec (a checkpoint's ``spec``, with the data's geometry filled in)."""
-    return create_model(**spec["model"]), create_diffusion(**spec["diffusion"])
+    """Model and diffusion process of a stored run spec (a checkpoint's ``spec``, with the data's geometry filled
+    in); the spec's objective settings are not read (training builds its objective, :mod:`p2core.objective`)."""
+    return create_model(**spec["model"]), process_of(spec["diffusion"])
 
 
 def trained_precision(state: dict) -> str:

@@ -45,9 +45,7 @@ def respaced(diffusion: GaussianDiffusion, spec: str | int) -> GaussianDiffusion
     the model is still called with the original timestep indices."""
     kept = space_timesteps(diffusion.num_timesteps, spec, diffusion.terms.alphas_cumprod)
     betas, kept_map = respaced_betas(diffusion.terms.alphas_cumprod, kept)
-    return GaussianDiffusion(
-        betas, diffusion.weighting, diffusion.weighting_params, diffusion.learn_sigma, diffusion.timestep_map[kept_map]
-    )
+    return GaussianDiffusion(betas, diffusion.learn_sigma, diffusion.timestep_map[kept_map])
 
 
 def for_sampler(diffusion: GaussianDiffusion, name: str) -> tuple[str, GaussianDiffusion]:

@@ -38,11 +38,13 @@ from p2core.distributed import Ranks, init_from_environment, shutdown
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.loader import TrainingBatches
 from p2core.lock import FileLock
+from p2core.objective import create_objective
 from p2core.progress import progress_bar
-from p2core.restore import build, trained_precision
+from p2core.restore import trained_precision
 from p2core.seeding import derived_seed, generator
 from p2core.trainlog import LOG_COLUMNS, LOG_FILE, RUN_FILE, append_row, truncate_after
 from p2core.trainspec import EXECUTION_SETTINGS, LENGTH_SETTINGS, TrainSpec
+from p2core.unet import create_model
 
 
 class _StopFlag:
@@ -136,7 +138,8 @@ class _Run:
         }
         self.local = ranks.local_slice(spec.batch_size)
         torch.manual_seed(derived_seed(spec.seed, "init"))
-        self.model, self.diffusion = build(self.resolved)
+        self.model = create_model(**self.resolved["model"])
+        self.objective = create_objective(self.resolved["diffusion"])
         self.model.to(device)
         self.channels_last = use_channels_last(spec.channels_last, device, "train")
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -154,14 +157,14 @@ class _Run:
         cuda_ids = [device.index] if device.type == "cuda" else None
         self.network = self.model if ranks.world == 1 else DistributedDataParallel(self.model, device_ids=cuda_ids)
         self.batches = TrainingBatches(data.images, spec.batch_size, spec.seed, data.flip)
-        self.stats = _IntervalStats(self.diffusion.num_timesteps, device, ranks)
+        self.stats = _IntervalStats(self.objective.process.num_timesteps, device, ranks)
         self.mixed_precision = precision_context(self.precision, device)
 
     def draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This process's share of step ``step``'s images, timesteps and noise; every draw seeded by (seed, step)."""
         gen = generator(self.spec.seed, "step", step)
         x = self.batches.batch(step, gen)
-        t = torch.randint(self.diffusion.num_timesteps, (self.spec.batch_size,), generator=gen)
+        t = torch.randint(self.objective.process.num_timesteps, (self.spec.batch_size,), generator=gen)
         noise = torch.randn(x.shape, generator=gen)
         torch.manual_seed(derived_seed(self.spec.seed, "step", step))  # dropout
         x, noise = (
@@ -178,7 +181,7 @@ class _Run:
             # DDP averages the accumulated gradients over processes once, in the last microbatch's backward
             with self.network.no_sync() if self.ranks.world > 1 and not last else contextlib.nullcontext():
                 with self.mixed_precision:
-                    losses = self.diffusion.training_losses(self.network, x[part], t[part], noise[part])
+                    losses = self.objective.losses(self.network, x[part], t[part], noise[part])
                 (losses["loss"].sum() / len(t)).backward()
             self.stats.add(losses, t[part])
         self.optimizer.step()

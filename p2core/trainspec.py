@@ -27,7 +27,7 @@ class TrainSpec:
     """Everything that defines a training run (and so its checkpoints).
 
     ``model``: :func:`p2core.unet.create_model` arguments (``image_size``/``in_channels`` default to the data's);
-    ``diffusion``: :func:`p2core.diffusion.create_diffusion` arguments (schedule, weighting, ...);
+    ``diffusion``: :func:`p2core.objective.create_objective` settings (schedule, weighting, ...);
     ``steps``: optimizer updates; ``batch_size``: images per update (global, over all processes);
     ``microbatch``: images per forward/backward pass in each process (gradients accumulate over the microbatches of
     an update, so a large batch fits a small GPU; ``None``: the process's whole share at once);

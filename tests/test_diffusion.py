@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from p2core.diffusion import GaussianDiffusion, create_diffusion, normal_kl
+from p2core.diffusion import GaussianDiffusion, create_diffusion
+from p2core.objective import Objective, create_objective, normal_kl, vb_terms_bpd
 from p2core.schedule import make_betas
 from p2core.weighting import loss_weights
 
@@ -56,10 +57,10 @@ def test_kl_is_zero_when_model_matches_posterior():
     x_t = diffusion.q_sample(x0, t, noise)
     # eps = true noise gives pred_x0 = x0; v = -1 selects the (clipped) posterior log-variance
     output = torch.cat([noise, -torch.ones_like(noise)], dim=1)
-    vb = diffusion.vb_terms_bpd(output, x0, x_t, t)
+    vb = vb_terms_bpd(diffusion, output, x0, x_t, t)
     torch.testing.assert_close(vb, torch.zeros(4), atol=1e-4, rtol=0)
     # and clearly not zero for the other end of the variance range where beta_t and the posterior differ (small t)
-    assert (diffusion.vb_terms_bpd(torch.cat([noise, torch.ones_like(noise)], 1), x0, x_t, t)[:2] > 1e-3).all()
+    assert (vb_terms_bpd(diffusion, torch.cat([noise, torch.ones_like(noise)], 1), x0, x_t, t)[:2] > 1e-3).all()
 
 
 def test_normal_kl_closed_form():
@@ -69,10 +70,10 @@ def test_normal_kl_closed_form():
 
 def test_vb_gradient_reaches_only_the_variance_channels():
     torch.manual_seed(0)
-    diffusion = create_diffusion(num_timesteps=T, weighting="p2", weighting_params={"gamma": 1.0})
+    objective = create_objective({"num_timesteps": T, "weighting": "p2", "weighting_params": {"gamma": 1.0}})
     x0 = torch.rand(4, 3, 8, 8) * 2 - 1
     model = FixedOutput(torch.randn(4, 6, 8, 8) * 0.5)
-    losses = diffusion.training_losses(model, x0, torch.tensor([0, 3, 40, 99]))
+    losses = objective.losses(model, x0, torch.tensor([0, 3, 40, 99]))
     losses["vb"].sum().backward()
     grad = model.output.grad
     assert torch.count_nonzero(grad[:, :3]) == 0  # exactly zero: stop-gradient on eps
@@ -84,10 +85,11 @@ def test_p2_weight_multiplies_the_mse_term_only():
     x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
     t = torch.tensor([0, 5, 50, 99])
     output = torch.randn(4, 6, 8, 8)
-    baseline = create_diffusion(num_timesteps=T).training_losses(FixedOutput(output), x0, t, noise)
-    p2 = create_diffusion(num_timesteps=T, weighting="p2", weighting_params={"gamma": 0.5, "k": 1.0})
-    weighted = p2.training_losses(FixedOutput(output), x0, t, noise)
-    w = torch.tensor(loss_weights("p2", p2.terms.alphas_cumprod, gamma=0.5, k=1.0)[t.numpy()], dtype=torch.float32)
+    process = create_diffusion(num_timesteps=T)
+    baseline = Objective(process).losses(FixedOutput(output), x0, t, noise)
+    weighted = Objective(process, "p2", {"gamma": 0.5, "k": 1.0}).losses(FixedOutput(output), x0, t, noise)
+    w = loss_weights("p2", process.terms.alphas_cumprod, gamma=0.5, k=1.0)[t.numpy()]
+    w = torch.tensor(w, dtype=torch.float32)
     torch.testing.assert_close(weighted["mse"], w * baseline["mse"])
     torch.testing.assert_close(weighted["vb"], baseline["vb"])
     torch.testing.assert_close(weighted["loss"], weighted["mse"] + weighted["vb"])
@@ -100,18 +102,18 @@ def test_vb_is_rescaled_by_T_over_1000():
     x0, noise, output = torch.rand(2, 1, 4, 4) * 2 - 1, torch.randn(2, 1, 4, 4), torch.randn(2, 2, 4, 4)
     t = torch.tensor([3, 7])
     diffusion = create_diffusion(num_timesteps=T)
-    losses = diffusion.training_losses(FixedOutput(output), x0, t, noise)
-    raw = diffusion.vb_terms_bpd(output, x0, diffusion.q_sample(x0, t, noise), t)
+    losses = Objective(diffusion).losses(FixedOutput(output), x0, t, noise)
+    raw = vb_terms_bpd(diffusion, output, x0, diffusion.q_sample(x0, t, noise), t)
     torch.testing.assert_close(losses["vb"], raw * T / 1000)
 
 
 def test_fixed_variance_model_has_no_vb_term():
     diffusion = create_diffusion(num_timesteps=T, learn_sigma=False)
-    losses = diffusion.training_losses(
+    losses = Objective(diffusion).losses(
         FixedOutput(torch.randn(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4), torch.tensor([1, 2])
     )
     assert torch.count_nonzero(losses["vb"]) == 0
     with pytest.raises(ValueError, match="output channels"):
-        create_diffusion(num_timesteps=T).training_losses(
+        Objective(create_diffusion(num_timesteps=T)).losses(
             FixedOutput(torch.randn(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4), torch.tensor([1, 2])
         )

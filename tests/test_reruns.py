@@ -55,10 +55,6 @@ CAN_RUN_UNTRACED = {
         ("reference", f"shards.{name}"): "the feature extractor reads sample shards and prepared arrays alike"
         for name in ("open_shard", "shard_origin", "_one_precision")
     },
-    **{
-        (rule, "diffusion.approx_standard_normal_cdf"): "GaussianDiffusion is one unit: its loss helpers come along"
-        for rule in ("sample", "distance_vs_snr", "reconstructions", "import_model")
-    },
 }
 
 
@@ -288,9 +284,7 @@ def edit_docstring(workdir, module: str, name: str) -> str:
     return original
 
 
-@pytest.mark.parametrize(
-    "module, name", [("prepare", "prepare_embedded"), ("diffusion", "GaussianDiffusion.training_losses")]
-)
+@pytest.mark.parametrize("module, name", [("prepare", "prepare_embedded"), ("objective", "Objective.losses")])
 def test_a_comment_or_docstring_edit_anywhere_in_a_definition_plans_nothing(built, module, name):
     """The data preparation (everything downstream of it) and the training loss (every model): a comment line and a
     reworded docstring change no result, so they rerun nothing; a statement in the same place does."""
@@ -333,18 +327,17 @@ def test_a_setting_that_changes_results_reruns_what_it_reaches(built):
 
 
 def test_a_frozen_dataset_retrains_nothing_whatever_changes(built):
-    """``freeze: [digits]``: no rule makes digits' models, so a loss edit or an lr change plans no training. (A loss
-    edit still redraws the sample sets: the sample jobs' fingerprint holds ``GaussianDiffusion``, loss and process
-    in one class, until the loss moves out of it.)"""
+    """``freeze: [digits]``: no rule makes digits' models, so a loss edit or an lr change plans no training and
+    nothing drawn from the models (sampling reaches no loss code); only what uses the loss without a model reruns."""
     frozen = lambda config: config.update(freeze=["digits"])  # noqa: E731
     assert planned_with_config(built, frozen) == set()
-    path = built / "p2core" / "diffusion.py"
-    original = edit_inside(built, "diffusion", "GaussianDiffusion.training_losses")
+    path = built / "p2core" / "objective.py"
+    original = edit_inside(built, "objective", "Objective.losses")
     try:
         after_loss_edit = planned_with_config(built, frozen)
     finally:
         path.write_text(original)
-    assert "train" not in after_loss_edit and "figure2" in after_loss_edit, after_loss_edit
+    assert not after_loss_edit & {"train", "sample", "evaluate", "reconstructions"}, after_loss_edit
     assert planned_with_config(built, lambda config: (frozen(config), config["train"].update(lr=5e-4))) == set()
 
 

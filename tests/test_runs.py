@@ -8,8 +8,8 @@ import pytest
 from conftest import tiny_spec
 from test_train import train_process, wait_for_progress
 
-from p2core.diffusion import GaussianDiffusion
 from p2core.errors import TrainingDiverged
+from p2core.objective import Objective
 from p2core.runs import find_runs, run_status
 from p2core.train import TrainSpec, train
 
@@ -48,14 +48,14 @@ def test_running_stopped_and_done_runs(digits8, tmp_path):
 
 
 def test_diverged_run(digits8, tmp_path, monkeypatch):
-    original = GaussianDiffusion.training_losses
+    original = Objective.losses
 
     def poisoned(self, *args, **kwargs):
         losses = original(self, *args, **kwargs)
         losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+    monkeypatch.setattr(Objective, "losses", poisoned)
     with pytest.raises(TrainingDiverged):
         train(TrainSpec.from_dict(tiny_spec()), digits8, tmp_path, progress=False)
     assert find_runs(tmp_path) == [tmp_path] and run_status(tmp_path)["state"] == "diverged"

@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_spec
 
 from p2core.checkpoint import load_checkpoint, save_checkpoint
-from p2core.diffusion import GaussianDiffusion
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
+from p2core.objective import Objective
 from p2core.train import TrainSpec, train
 
 CLI = [sys.executable, "-m", "p2core"]
@@ -219,7 +219,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(digits8, tmp_path, monkeypatch):
-    original = GaussianDiffusion.training_losses
+    original = Objective.losses
     calls = {"n": 0}
 
     def poisoned(self, *args, **kwargs):
@@ -229,7 +229,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(digits8,
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+    monkeypatch.setattr(Objective, "losses", poisoned)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train(TrainSpec.from_dict(tiny_spec(steps=10)), digits8, tmp_path, progress=False)
     state = load_checkpoint(tmp_path / "checkpoint.pt")

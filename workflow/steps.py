@@ -18,12 +18,12 @@ RULES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
     "train_domain_features": ("train-features", {}),
     "train": ("train", {}),  # per job: the objective's weighting
     "import_model": ("import", {}),
-    "sample": ("sample", {}),  # per job: the sampler kind and the model's weighting
+    "sample": ("sample", {}),  # per job: the sampler kind
     "sample_grid": ("grid", {}),
     "reference": ("reference", {}),
     "evaluate": ("evaluate", {}),
-    "distance_vs_snr": ("distance-vs-snr", {WEIGHTINGS: ("uniform",)}),  # a noising process, no objective
-    "reconstructions": ("reconstruct", {}),  # per job: the model's weighting
+    "distance_vs_snr": ("distance-vs-snr", {}),
+    "reconstructions": ("reconstruct", {}),
     "figure1": ("figure", {FIGURES: ("fig1",)}),
     "figure2": ("figure", {FIGURES: ("fig2",)}),
     "figure3": ("figure", {FIGURES: ("fig3",)}),  # per job: the weightings drawn

@@ -45,7 +45,7 @@ rule reconstructions:
         data=lambda w: f"results/data/{section('figure2')['dataset']}",
         images=section("figure2")["images"],
         points=section("figure2")["points"],
-        code=reconstruction_code,
+        code=code("reconstructions"),
     shell:
         "python -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
         " --points {params.points} --out {output} > {log} 2>&1"

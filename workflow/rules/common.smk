@@ -51,14 +51,8 @@ def train_code(wildcards):
 
 
 def sample_code(wildcards):
-    """A sample shard depends on its sampler kind and its model's weighting only, among the registries."""
-    weighting = objective_cfg(wildcards.dataset, wildcards.objective)["weighting"]
-    return fingerprint("sample", {SAMPLERS: [parse_sampler(wildcards.sampler)[0]], WEIGHTINGS: [weighting]})
-
-
-def reconstruction_code(wildcards):
-    sec = section("figure2")
-    return fingerprint("reconstructions", {WEIGHTINGS: [objective_cfg(sec["dataset"], sec["objective"])["weighting"]]})
+    """A sample shard depends on its sampler kind only, among the registries (sampling reaches no loss code)."""
+    return fingerprint("sample", {SAMPLERS: [parse_sampler(wildcards.sampler)[0]]})
 
 
 def figure3_code(wildcards):
@@ -78,7 +72,8 @@ def objective_cfg(dataset, objective):
 
 
 def diffusion_cfg(dataset, objective):
-    """The objective's diffusion settings (fields of ``create_diffusion``): without where its model comes from."""
+    """The objective's diffusion settings (settings of p2core.objective.create_objective): without where its model
+    comes from."""
     return {k: v for k, v in objective_cfg(dataset, objective).items() if k not in MODEL_SOURCE_KEYS}
 
 
@@ -114,7 +109,7 @@ def train_execution(dataset, arch, name):
 def train_spec(wildcards):
     """The p2core TrainSpec of one run as JSON (deterministic: sorted keys): the config's ``train`` fields untouched
     but the execution settings (job resources instead, see train_execution), the arch's model flags, and the
-    objective's diffusion settings (fields of ``create_diffusion``) untouched. A rerun trigger: every field can change
+    objective's diffusion settings (p2core.objective.create_objective's) untouched. A rerun trigger: every field can change
     the result."""
     ignored = ("resources", *EXECUTION_SETTINGS)
     spec = {key: value for key, value in train_cfg(wildcards.dataset, wildcards.arch).items() if key not in ignored}
