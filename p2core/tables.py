@@ -220,6 +220,52 @@ def _with_difference(
     return table.assign(**columns)
 
 
+#: a table's identifying columns as a reader names them, in the order the Markdown view shows them
+PEOPLE_KEYS = {"dataset": "dataset", "arch_label": "setting", "sampler": "sampler", "objective": "objective"}
+
+
+def for_people(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader needs, as text: what the row is, FID and KID mean ± std over seeds, the sample quality
+    (recognisable fraction, precision / recall), the difference to the baseline with its 95% interval and verdict,
+    the seed count, the numerical precision and where the model came from. The CSV keeps every column; a missing
+    value is a dash, never ``nan`` or ``None``."""
+    view = pd.DataFrame({label: table[column] for column, label in PEOPLE_KEYS.items() if column in table})
+    view["FID"] = [_mean_std(m, sd) for m, sd in zip(table["fid_mean"], table["fid_std"], strict=True)]
+    view["KID"] = [_mean_std(m, sd) for m, sd in zip(table["kid_mean"], table["kid_std"], strict=True)]
+    if "recognisable_mean" in table:
+        view["recognisable"] = [_number(v, ".2f") for v in table["recognisable_mean"]]
+    if "prc_precision_mean" in table:
+        pairs = zip(table["prc_precision_mean"], table["prc_recall_mean"], strict=True)
+        view["precision / recall"] = [f"{_number(p, '.2f')} / {_number(r, '.2f')}" for p, r in pairs]
+    if "fid_diff" in table:
+        view["FID vs baseline [95%]"] = [_difference(row) for _, row in table.iterrows()]
+        view["verdict"] = [
+            verdict(row["fid_diff_low95"], row["fid_diff_high95"]) if pd.notna(row["fid_diff_low95"]) else "-"
+            for _, row in table.iterrows()
+        ]
+    for column, label in (("seeds", "seeds"), ("precision", "numbers in"), ("model_source", "model")):
+        if column in table:
+            view[label] = [_number(v, "") for v in table[column]]
+    return view
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, spec)
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return _number(mean, ".4g") + (f" ± {std:.2g}" if pd.notna(std) else "")
+
+
+def _difference(row: pd.Series) -> str:
+    """``-2.25 [-4.09, -0.41]``, or what stands in its place (``reference`` for the baseline row)."""
+    if pd.isna(row["fid_diff"]):
+        return str(row.get("interval", "-")) if pd.notna(row.get("interval")) else "-"
+    low, high = row["fid_diff_low95"], row["fid_diff_high95"]
+    interval = f" [{low:.3g}, {high:.3g}]" if pd.notna(low) else ""
+    return f"{row['fid_diff']:+.3g}{interval}"
+
+
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A plain Markdown rendering (no extra dependency)."""
 
@@ -273,7 +319,7 @@ def _write(table: pd.DataFrame, sources: list, out: str | Path, markdown: str | 
     aggregates = {"aggregates": [_source(path) for path in sources]}
     provenance.write_sidecar(out, aggregates)
     if markdown:
-        atomic_write_text(markdown, to_markdown(table))
+        atomic_write_text(markdown, to_markdown(for_people(table) if "fid_mean" in table else table))
         provenance.write_sidecar(markdown, aggregates)
     return table
 

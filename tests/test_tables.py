@@ -9,11 +9,13 @@ from p2core.tables import (
     claims,
     collect,
     evaluations_to_reach,
+    for_people,
     summary_markdown,
     table1,
     table3,
     table4,
     table5,
+    to_markdown,
     welch_interval,
 )
 
@@ -153,6 +155,20 @@ def test_a_dataset_without_a_baseline_model_is_reported_not_compared():
     assert not any("largest on the smallest" in claim for claim in found.index)  # one dataset left to compare
     text = summary_markdown(claims({"table1": table}))
     assert "**not tested**: p2 lowers FID vs baseline (celebahq) (table1): there is no baseline model" in text
+
+
+def test_the_markdown_view_shows_what_a_reader_needs_and_no_nan():
+    """Table 1 as people read it: the run, FID and KID mean ± std, the difference with its interval and verdict; a
+    dataset without a baseline says so; one seed has no std; nothing reads ``nan`` or ``None``."""
+    rows = [("ffhq", "a", "A", o, s, f + s, 0.1) for o, f in (("baseline", 10.0), ("p2", 6.0)) for s in range(2)]
+    rows += [("celebahq", "a", "A", "p2", 0, 8.0, 0.1)]
+    view = for_people(table1(metrics(rows)))
+    assert list(view.columns)[:3] == ["dataset", "objective", "FID"] and "verdict" in view
+    text = to_markdown(view)
+    assert "nan" not in text.lower() and "None" not in text and len(view.columns) <= 12
+    p2, lonely = view.iloc[1], view.iloc[2]
+    assert p2["FID"] == "6.5 ± 0.71" and p2["FID vs baseline [95%]"].startswith("-4 [") and p2["verdict"]
+    assert lonely["FID"] == "8" and lonely["FID vs baseline [95%]"] == NO_BASELINE and lonely["verdict"] == "-"
 
 
 def sweep(fids: dict[str, tuple[float, float]]) -> pd.DataFrame:

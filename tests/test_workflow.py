@@ -52,6 +52,9 @@ def test_tiny_dag_builds_every_artifact(built):
         ceilings = [float(row[c]) for c in ("noise_floor_prc_precision", "reference_recognisable")]
         assert all(0 <= v <= 1 for v in values + ceilings)
     assert "recognisable" in (built / "results/summary.md").read_text()
+    for name in ("table1", "table3", "table4", "table5"):  # the Markdown a person opens: readable, no nan or None
+        text = (built / f"results/{name}.md").read_text()
+        assert "FID vs baseline [95%]" in text and "nan" not in text.lower() and "None" not in text, name
     assert len((built / "results/table3.csv").read_text().splitlines()) == 1 + 2 * 2
     assert (built / "logs/train/digits/p2/a/seed0.log").is_file()
     assert (built / "benchmarks/jobs/train/digits/p2/a/seed0.tsv").is_file()
