@@ -313,20 +313,27 @@ def write_table(
     return TABLES[which](list(inputs), out, literature, markdown)
 
 
-def _write(table: pd.DataFrame, sources: list, out: str | Path, markdown: str | Path | None) -> pd.DataFrame:
-    """A table as CSV (and Markdown), each with a provenance sidecar listing the files it aggregates."""
+def _write(
+    table: pd.DataFrame,
+    sources: list,
+    out: str | Path,
+    markdown: str | Path | None,
+    view: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """A table as CSV (every column) and Markdown (``view`` of it, e.g. :func:`for_people`; else every column), each
+    with a provenance sidecar listing the files it aggregates."""
     atomic_write_text(out, table.to_csv(index=False))
     aggregates = {"aggregates": [_source(path) for path in sources]}
     provenance.write_sidecar(out, aggregates)
     if markdown:
-        atomic_write_text(markdown, to_markdown(for_people(table) if "fid_mean" in table else table))
+        atomic_write_text(markdown, to_markdown(view(table) if view else table))
         provenance.write_sidecar(markdown, aggregates)
     return table
 
 
 @register("table1")
 def _table1(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table1(collect(inputs)), inputs, out, markdown)
+    return _write(table1(collect(inputs)), inputs, out, markdown, for_people)
 
 
 @register("table2")
@@ -337,17 +344,17 @@ def _table2(inputs, out, literature, markdown) -> pd.DataFrame:
 
 @register("table3")
 def _table3(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table3(collect(inputs)), inputs, out, markdown)
+    return _write(table3(collect(inputs)), inputs, out, markdown, for_people)
 
 
 @register("table4")
 def _table4(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table4(collect(inputs)), inputs, out, markdown)
+    return _write(table4(collect(inputs)), inputs, out, markdown, for_people)
 
 
 @register("table5")
 def _table5(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table5(collect(inputs)), inputs, out, markdown)
+    return _write(table5(collect(inputs)), inputs, out, markdown, for_people)
 
 
 @register("summary")
