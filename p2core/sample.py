@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from p2core import provenance
-from p2core.checkpoint import load_checkpoint
 from p2core.device import pick_device, precision_context, resolve_precision, use_channels_last
 from p2core.errors import P2Error
 from p2core.images import to_uint8
@@ -21,7 +20,6 @@ from p2core.seeding import generator
 from p2core.shards import save_shard
 
 
-@torch.inference_mode()
 def generate(
     checkpoint: str | Path,
     sampler: str,
@@ -44,10 +42,30 @@ def generate(
     layout (``auto``: the one measured faster for sampling on this device type, see
     :func:`p2core.device.use_channels_last`). ``precision``: see :func:`sample_precision`.
     """
+    device = pick_device(device)
+    loaded = load_ema_model(checkpoint, device)
+    args = (sampler, num_samples, batch_size, seed, device, precision, clip_denoised, progress, start, channels_last)
+    return _draw(loaded, *args)[0]
+
+
+def _draw(
+    loaded: tuple,
+    sampler,
+    num_samples,
+    batch_size,
+    seed,
+    device,
+    precision,
+    clip_denoised,
+    progress,
+    start,
+    channels_last,
+) -> tuple[np.ndarray, str]:
+    """:func:`generate` from a loaded ``(model, diffusion, checkpoint)``: the images and the precision they were drawn
+    in (the checkpoint is read once per shard, whatever uses it)."""
     if num_samples < 1 or start < 0:
         raise P2Error(f"need num_samples >= 1 and start >= 0, got {num_samples} and {start}")
-    device = pick_device(device)
-    model, diffusion, state = load_ema_model(checkpoint, device)
+    model, diffusion, state = loaded
     if use_channels_last(channels_last, device, "sample"):
         model.to(memory_format=torch.channels_last)
     kind, process = for_sampler(diffusion, sampler)
@@ -78,7 +96,7 @@ def generate(
         batches.append(to_uint8(x))
         bar.update(len(numbers))
     bar.close()
-    return np.concatenate(batches)
+    return np.concatenate(batches), precision
 
 
 def sample_precision(requested: str, state: dict, device: torch.device) -> str:
@@ -111,20 +129,11 @@ def draw_shard(
     (``.<name>.lock`` beside it) so that a duplicated job exits instead of drawing the same shard twice."""
     out = Path(out)
     with FileLock(out.with_name(f".{out.name}.lock")):
-        images = generate(
-            checkpoint,
-            sampler,
-            num,
-            batch_size,
-            seed,
-            device,
-            precision,
-            progress=progress,
-            start=start,
-            channels_last=channels_last,
-        )
         used = pick_device(device)
-        origin = provenance.record(used, sample_precision(precision, load_checkpoint(checkpoint), used))
+        loaded = load_ema_model(checkpoint, used)
+        args = (sampler, num, batch_size, seed, used, precision, True, progress, start, channels_last)
+        images, drawn_in = _draw(loaded, *args)
+        origin = provenance.record(used, drawn_in)
         origin["channels_last"] = use_channels_last(channels_last, used, "sample")
         save_shard(out, images, first_index=start, origin=origin)
     return images
