@@ -4,7 +4,7 @@
 
 Clones the committed HEAD into a temporary folder and, with this interpreter's snakemake, times
 (1) `snakemake --cores N results/table1.csv`, (2) `snakemake --cores N` (every remaining artifact), and
-(3) a no-op rerun. Budget on a 2-core CPU (issues 4 and 11): (1) <= 15 min, (1)+(2) <= 35 min, (3) <= 2 s.
+(3) a no-op rerun. Budget on a 2-core CPU (issues 4, 11 and 26): (1) <= 15 min, (1)+(2) <= 100 min, (3) <= 2 s.
 
 ``--isa avx2`` (or ``avx512``) caps the instruction sets oneDNN and ATen use (``ONEDNN_MAX_CPU_ISA``,
 ``ATEN_CPU_CAPABILITY``) in every job, so a CPU with native bf16 runs the DAG as a CPU without it would: no bf16
@@ -21,7 +21,7 @@ side, so these add up to more than the wall clock) and Table 1, so the numbers o
 Minutes at the reference calibration: machines differ by 2x and more, so every time is also printed as
 ``seconds x calibration / REFERENCE_IMG_PER_S / 60`` (``reference_min``), the calibration being the mean of the
 figures before and after the DAG and the reference 8.56 img/s the one of the project's slowest CPU (a 2-core AMD
-EPYC, AVX2 only). ``budget`` compares those with the goals: Table 1 <= 15 minutes, every artifact <= 35, a no-op
+EPYC, AVX2 only). ``budget`` compares those with the goals: Table 1 <= 15 minutes, every artifact <= 100, a no-op
 rerun <= 2 s (wall clock, not scaled).
 """
 
@@ -44,7 +44,7 @@ ISA_CAPS = {  # --isa: (oneDNN's cap, ATen's kernel set)
     "avx512": ("AVX512_CORE", "avx512"),
 }
 REFERENCE_IMG_PER_S = 8.56  # benchmarks/throughput.py --quick fp32 training img/s on the 2-core AVX2-only EPYC
-BUDGET_MIN = {"table1": 15, "all_artifacts": 35}  # at the reference calibration
+BUDGET_MIN = {"table1": 15, "all_artifacts": 100}  # at the reference calibration
 NOOP_BUDGET_S = 2
 CALIBRATION = """
 import json, torch, throughput

@@ -184,7 +184,7 @@ def cmd_grid(args) -> None:
 def args_train_features(parser) -> None:
     parser.add_argument("--data", required=True, help="prepared, labelled dataset folder")
     parser.add_argument("--out", required=True, help="output checkpoint (.pt)")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, help="training epochs (default: p2core.features.EPOCHS)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-accuracy", type=float, default=0.97, help="fail below this held-out accuracy")
     _progress_option(parser)
@@ -195,11 +195,12 @@ def cmd_train_features(args) -> None:
     from p2core.features import train_domain_classifier
 
     data = load_prepared(args.data)
+    epochs = {"epochs": args.epochs} if args.epochs else {}
     result = train_domain_classifier(
         data.images,
         data.labels,
         args.out,
-        epochs=args.epochs,
+        **epochs,
         seed=args.seed,
         min_accuracy=args.min_accuracy,
         progress=not args.no_progress,

@@ -11,21 +11,17 @@ missing, unexpected or mis-shaped key and, when one flag change would make the f
 
 from __future__ import annotations
 
-import json
-import socket
-import time
 from pathlib import Path
 
 import torch
 
 from p2core import provenance, released
-from p2core.atomic import atomic_write_text
 from p2core.checkpoint import save_checkpoint
 from p2core.data import load_prepared
 from p2core.device import RESOLVED_PRECISIONS, pick_device
-from p2core.diffusion import process_of
+from p2core.diffusion import LEARN_SIGMA, process_of
 from p2core.errors import P2Error
-from p2core.trainlog import RUN_FILE
+from p2core.trainlog import EMA_FILE, write_run_file
 from p2core.unet import create_model, parse_channel_mult, with_geometry
 from p2core.weights import file_sha256
 
@@ -125,7 +121,9 @@ def import_model(source: str | Path, data_folder: str | Path, out_dir: str | Pat
     state_dict = read_state_dict(source)
     meta = load_prepared(data_folder).meta
     diffusion = spec["diffusion"]
-    flags = with_geometry(spec["model"], meta["resolution"], meta["channels"], diffusion.get("learn_sigma", True))
+    flags = with_geometry(
+        spec["model"], meta["resolution"], meta["channels"], diffusion.get("learn_sigma", LEARN_SIGMA)
+    )
     problem = fit_problem(state_dict, flags)
     if problem is not None:
         flag = likely_flag(state_dict, flags)
@@ -142,12 +140,11 @@ def import_model(source: str | Path, data_folder: str | Path, out_dir: str | Pat
     resolved = {"model": flags, "diffusion": diffusion, "seed": spec.get("seed", 0), "imported": imported}
     resolved["precision"] = precision
     origin = provenance.record(pick_device("cpu"), precision)
-    info = {"spec": resolved, "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "ema.pt"
+    final = out_dir / EMA_FILE
     try:
         save_checkpoint(final, "ema", spec=resolved, state_dict=model.state_dict(), step=None, provenance=origin)
-        atomic_write_text(out_dir / RUN_FILE, json.dumps({**info, "provenance": origin}, indent=2))
+        write_run_file(out_dir, resolved, origin)
     except BaseException:
         final.unlink(missing_ok=True)  # both files or neither
         raise

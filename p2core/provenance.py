@@ -4,8 +4,11 @@
 
 * ``git_commit``, ``git_dirty`` and ``git_diff_sha256`` of the checkout p2core runs from (``"unknown"`` without git
   or outside a repository: collecting provenance never fails a job);
-* ``step``: the ``p2core`` command, its ``code_fingerprint`` (:mod:`p2core.fingerprint`) and its ``arguments`` with
-  their SHA-256 (the config entries a pipeline step uses arrive as its arguments);
+* ``step``: the ``p2core`` command, its ``code_fingerprint`` and its ``arguments`` with their SHA-256 (the config
+  entries a pipeline step uses arrive as its arguments). In a pipeline job the fingerprint is the job's own, the one
+  that decides its reruns (narrowed to the sampler, weighting, figure or table it runs; the workflow passes it in
+  :data:`FINGERPRINT_VARIABLE`), with ``code_fingerprint_of: job``; run by hand, it is the whole command's
+  (:func:`p2core.fingerprint.command_fingerprint`, every registry entry), with ``code_fingerprint_of: command``;
 * ``versions`` of Python and the pinned packages (from installed metadata; nothing is imported), CUDA when torch is
   loaded; ``host``, ``device``, ``precision`` where the writer knows them;
 * ``started`` and ``wall_s``: when the process started and how long it had run when the file was written.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -29,6 +33,8 @@ from pathlib import Path
 
 from p2core.atomic import atomic_write_text
 
+#: the environment variable through which a pipeline job passes its code fingerprint (its ``code`` param)
+FINGERPRINT_VARIABLE = "P2CORE_CODE_FINGERPRINT"
 PACKAGES = ("torch", "torchvision", "numpy", "snakemake", "torch-fidelity", "clean-fid", "lpips")
 _STARTED = time.time()
 _step: dict = {}
@@ -38,14 +44,18 @@ def set_step(command: str, arguments: list[str]) -> None:
     """Name the command-line step this process runs (called by :func:`p2core.cli.main`)."""
     from p2core.fingerprint import command_fingerprint
 
-    try:
-        fingerprint = command_fingerprint(command)
-    except (OSError, ValueError, SyntaxError):
-        fingerprint = "unknown"
+    fingerprint, of = os.environ.get(FINGERPRINT_VARIABLE, ""), "job"
+    if not fingerprint:
+        of = "command"
+        try:
+            fingerprint = command_fingerprint(command)
+        except (OSError, ValueError, SyntaxError):
+            fingerprint = "unknown"
     joined = json.dumps(arguments)
     _step.update(
         command=command,
         code_fingerprint=fingerprint,
+        code_fingerprint_of=of,
         arguments=arguments,
         arguments_sha256=hashlib.sha256(joined.encode()).hexdigest(),
     )

@@ -22,7 +22,7 @@ from p2core import provenance
 from p2core.atomic import atomic_write_text
 from p2core.errors import P2Error
 from p2core.lock import FileLock
-from p2core.trainlog import LOG_FILE, RUN_FILE, last_row
+from p2core.trainlog import EMA_FILE, LOG_FILE, RUN_FILE, last_row
 
 COLUMNS = ("run", "source", "weighting", "seed", "step", "steps", "loss", "img_per_s", "eta_s", "state", "host")
 PROVENANCE_COLUMNS = ("device", "precision", "git_commit", "git_dirty", "code_fingerprint")
@@ -61,8 +61,8 @@ def run_status(folder: str | Path, root: str | Path | None = None) -> dict:
     holder = FileLock(folder / ".train.lock").live_holder()
     imported = spec.get("imported")
     if imported:
-        state = "imported" if (folder / "ema.pt").exists() else "stopped"
-    elif (folder / "ema.pt").exists():
+        state = "imported" if (folder / EMA_FILE).exists() else "stopped"
+    elif (folder / EMA_FILE).exists():
         state = "done"
     elif last and not math.isfinite(loss):
         state = "diverged"

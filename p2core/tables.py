@@ -627,7 +627,7 @@ def summary_markdown(
             "",
         ]
         for _, r in reach.iterrows():
-            found = f"{int(r['evaluations'])} ({_times(r['speedup'])})" if pd.notna(r["evaluations"]) else "not reached"
+            found = f"{int(r['evaluations'])} ({_times(r)})" if pd.notna(r["evaluations"]) else "not reached"
             lines.append(
                 f"- {r['objective']}, {r['kind']}: {found}; its FID {r['reference_fid']:.4g}, tried {r['tried']}."
             )
@@ -652,8 +652,11 @@ def _quality_text(row: pd.Series) -> str:
     )
 
 
-def _times(speedup: float) -> str:
-    """A ratio of model evaluations in words: ``25x fewer``, ``as many``, ``5x more``."""
+def _times(reach: pd.Series) -> str:
+    """A row of :func:`evaluations_to_reach` in words: ``25x fewer``, ``5x more``, ``as many``, or ``the reference
+    itself`` (its own sampler reaches its own FID)."""
+    speedup = reach["speedup"]
     if np.isclose(speedup, 1.0):
-        return "as many"
+        own = f"{reach['kind']}{int(reach['evaluations'])}" == reach["reference"]
+        return "the reference itself" if own else "as many"
     return f"{speedup:.3g}x fewer" if speedup > 1 else f"{1 / speedup:.3g}x more"

@@ -18,17 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 from p2core import provenance
+from p2core.artifacts import LATEX_TABLES
 from p2core.atomic import atomic_write_text
 from p2core.errors import P2Error
 from p2core.tables import NO_BASELINE, verdict
 
-#: table -> (its macro prefix, the columns that name a row, the column whose groups each get one bold best value)
-TEX_TABLES = {
-    "table1": ("TabOne", ("dataset", "objective"), "dataset"),
-    "table3": ("TabThree", ("arch", "objective"), "arch"),
-    "table4": ("TabFour", ("sampler", "objective"), "sampler"),
-    "table5": ("TabFive", ("dataset", "objective"), "dataset"),
-}
 CAPTIONS = {
     "table1": "FID and KID per dataset, baseline against P2 (mean $\\pm$ std over seeds; best per dataset in bold).",
     "table3": "Configuration ablations (mean $\\pm$ std over seeds; best per architecture in bold).",
@@ -69,7 +63,7 @@ def escape(text: object) -> str:
 
 def table_tex(name: str, table: pd.DataFrame) -> str:
     """One booktabs table (a ``table`` float with caption and ``\\label{tab:<name>}``)."""
-    _, keys, group = TEX_TABLES[name]
+    _, keys, group = LATEX_TABLES[name]
     differences = [d for d in DIFFERENCES if f"fid_diff{d[0]}" in table]
     columns = [escape(k.capitalize()) for k in keys] + [label for _, _, label in METRICS]
     columns += [f"$\\Delta$FID vs {label} [95\\%]" for _, _, label in differences]
@@ -112,7 +106,7 @@ def table_tex(name: str, table: pd.DataFrame) -> str:
 
 def macros(name: str, table: pd.DataFrame) -> dict[str, str]:
     """Every number of one table as ``macro name -> text`` (see the module docstring for the names)."""
-    prefix, keys, _ = TEX_TABLES[name]
+    prefix, keys, _ = LATEX_TABLES[name]
     found = {}
     for _, row in table.iterrows():
         stem = prefix + "".join(macro_part(row[k]) for k in keys)
@@ -139,9 +133,9 @@ def write_tex(inputs: list[str | Path], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {Path(path).stem: pd.read_csv(path) for path in inputs}
-    unknown = sorted(set(tables) - set(TEX_TABLES))
+    unknown = sorted(set(tables) - set(LATEX_TABLES))
     if unknown:
-        raise P2Error(f"no LaTeX rendering for {', '.join(unknown)}; known: {', '.join(TEX_TABLES)}")
+        raise P2Error(f"no LaTeX rendering for {', '.join(unknown)}; known: {', '.join(LATEX_TABLES)}")
     written, commands = [], {}
     for name, table in tables.items():
         path = atomic_write_text(out_dir / f"{name}.tex", table_tex(name, table))

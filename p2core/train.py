@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -30,7 +28,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from p2core import provenance
-from p2core.atomic import atomic_write_text
 from p2core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from p2core.data import load_prepared
 from p2core.device import native_bf16, pick_device, precision_context, resolve_precision, use_channels_last
@@ -42,7 +39,16 @@ from p2core.objective import create_objective
 from p2core.progress import progress_bar
 from p2core.restore import trained_precision
 from p2core.seeding import derived_seed, generator
-from p2core.trainlog import LOG_COLUMNS, LOG_FILE, RUN_FILE, append_row, truncate_after
+from p2core.trainlog import (
+    CHECKPOINT_FILE,
+    EMA_FILE,
+    LOG_COLUMNS,
+    LOG_FILE,
+    append_row,
+    snapshot_file,
+    truncate_after,
+    write_run_file,
+)
 from p2core.trainspec import EXECUTION_SETTINGS, LENGTH_SETTINGS, TrainSpec
 from p2core.unet import create_model
 
@@ -108,7 +114,7 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
                 row = run.log(done)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
             if done in spec.snapshot_steps:
-                run.save_ema(f"ema_step{done}.pt", done)
+                run.save_ema(snapshot_file(done), done)
             if saving:
                 run.save_checkpoint(done)
             if stopping and done < spec.steps:
@@ -118,9 +124,9 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
                     f"stopped by {stop.signal_name or 'a signal'} after step {done}; checkpoint saved, rerun to resume"
                 )
     bar.close()
-    run.save_ema("ema.pt", spec.steps)
+    run.save_ema(EMA_FILE, spec.steps)
     ranks.barrier()
-    return out_dir / "ema.pt"
+    return out_dir / EMA_FILE
 
 
 class _Run:
@@ -129,7 +135,8 @@ class _Run:
 
     def __init__(self, spec: TrainSpec, data, out_dir: Path, device: torch.device, ranks: Ranks):
         self.spec, self.out_dir, self.device, self.ranks = spec, out_dir, device, ranks
-        stored = load_checkpoint(out_dir / "checkpoint.pt", "train") if (out_dir / "checkpoint.pt").exists() else None
+        kept = out_dir / CHECKPOINT_FILE
+        stored = load_checkpoint(kept, "train") if kept.exists() else None
         self.precision = run_precision(spec.precision, stored, device)
         self.resolved = {
             **spec.as_dict(),
@@ -146,7 +153,7 @@ class _Run:
         self.model.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = adamw(self.model.parameters(), spec.lr, spec.weight_decay, device)
-        self.start = _resume(stored, out_dir / "checkpoint.pt", self.resolved, self.model, self.ema, self.optimizer)
+        self.start = _resume(stored, kept, self.resolved, self.model, self.ema, self.optimizer)
         if ranks.is_main:
             _write_run_file(out_dir, self.resolved, device, ranks, self.channels_last)
             truncate_after(out_dir / LOG_FILE, self.start)
@@ -214,7 +221,7 @@ class _Run:
         _check_finite_weights(self.ema, self.out_dir, done)
         if self.ranks.is_main:
             save_checkpoint(
-                self.out_dir / "checkpoint.pt",
+                self.out_dir / CHECKPOINT_FILE,
                 "train",
                 spec=self.resolved,
                 model=self.model.state_dict(),
@@ -329,7 +336,7 @@ class _IntervalStats:
 
 def _check_finite(row: dict, out_dir: Path, step: int) -> None:
     if not all(map(_finite, (row["loss"], row["mse"], row["vb"]))):
-        kept = out_dir / "checkpoint.pt"
+        kept = out_dir / CHECKPOINT_FILE
         where = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
         raise TrainingDiverged(
             f"training loss became {row['loss']} by step {step}; {where}; lower the learning rate or check the data"
@@ -339,16 +346,8 @@ def _check_finite(row: dict, out_dir: Path, step: int) -> None:
 def _write_run_file(out_dir: Path, resolved: dict, device: torch.device, ranks: Ranks, channels_last: bool) -> None:
     """``run.json``: what this run is, where it runs, in which memory layout, and its provenance (commit, code
     fingerprint, versions, precision), for ``p2core runs`` (which never loads a checkpoint)."""
-    info = {
-        "spec": resolved,
-        "host": socket.gethostname(),
-        "device": str(device),
-        "processes": ranks.world,
-        "channels_last": channels_last,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "provenance": provenance.record(device, resolved["precision"]),
-    }
-    atomic_write_text(out_dir / RUN_FILE, json.dumps(info, indent=2))
+    origin = provenance.record(device, resolved["precision"])
+    write_run_file(out_dir, resolved, origin, device=str(device), processes=ranks.world, channels_last=channels_last)
 
 
 def _check_finite_weights(model: torch.nn.Module, out_dir: Path, step: int) -> None:
@@ -359,7 +358,7 @@ def _check_finite_weights(model: torch.nn.Module, out_dir: Path, step: int) -> N
         if value.is_floating_point() and not torch.isfinite(value).all()
     ]
     if bad:
-        kept = out_dir / "checkpoint.pt"
+        kept = out_dir / CHECKPOINT_FILE
         where = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
         raise TrainingDiverged(
             f"EMA weights are not finite at step {step} ({len(bad)} tensors, e.g. {bad[0]}); "

@@ -112,9 +112,10 @@ class TrainSpec:
 
     def model_kwargs(self, resolution: int, channels: int) -> dict:
         """Model arguments with the data's geometry filled in (:func:`p2core.unet.with_geometry`)."""
+        from p2core.diffusion import LEARN_SIGMA
         from p2core.unet import with_geometry
 
-        return with_geometry(self.model, resolution, channels, self.diffusion.get("learn_sigma", True))
+        return with_geometry(self.model, resolution, channels, self.diffusion.get("learn_sigma", LEARN_SIGMA))
 
 
 def with_execution(values: dict, **settings: int | None) -> dict:

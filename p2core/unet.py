@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p2core.diffusion import LEARN_SIGMA
 from p2core.errors import P2Error
 
 # channel multipliers per resolution used by ADM for 64 px and up; smaller sizes are this project's choice
@@ -300,7 +301,7 @@ def create_model(
     resblock_updown: bool = True,
     use_scale_shift_norm: bool = True,
     dropout: float = 0.0,
-    learn_sigma: bool = True,
+    learn_sigma: bool = LEARN_SIGMA,
     in_channels: int = 3,
 ) -> UNetModel:
     """Build an ADM UNet from the authors' flag names (defaults: the P2 paper's 256 px configuration).

@@ -17,6 +17,8 @@ from p2core.prepare import prepare_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+#: lines tests add for the end of the run's report (counts a reader should see even when everything passes)
+REPORT_LINES: list[str] = []
 TINY_MODEL = {"num_channels": 32, "channel_mult": "1,2", "attention_resolutions": "4", "num_head_channels": 32}
 
 
@@ -184,3 +186,8 @@ def built_imported(built, tmp_path_factory):
     result = snakemake(workdir, *targets, "--cores", "2", "--configfile", "config/imported.yaml", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in REPORT_LINES:
+        terminalreporter.write_line(line)

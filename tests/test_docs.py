@@ -1,4 +1,5 @@
-"""Every command that README.md and config/README.md show is run, so the documentation cannot rot.
+"""Every command that README.md, docs/ and config/README.md show is run, and every relative link in them resolves, so
+the documentation cannot rot.
 
 Commands are the lines of ```bash blocks and inline code that starts with `.venv/bin/`, `snakemake ` or `bash `.
 Snakemake commands run as dry runs (`-n`); the report and `p2core runs` use the tiny built DAG; scripts that would
@@ -18,7 +19,8 @@ from conftest import ROOT
 
 from p2core.released import RELEASED_FILES
 
-DOCUMENTS = ("README.md", "config/README.md")
+DOCUMENTS = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")), "config/README.md")
+LINKED = (*DOCUMENTS, "CONTRIBUTING.md")  # documents whose relative links must resolve
 PAPER_DATASETS = ("ffhq", "celebahq", "metfaces", "afhq_dog", "flowers", "cub")
 
 
@@ -52,7 +54,7 @@ def workspace(tmp_path_factory):
     """A copy of the repository with the project environment linked in, the paper's data folders and the authors'
     released model files (stand-ins) present."""
     work = tmp_path_factory.mktemp("docs")
-    for folder in ("workflow", "p2core", "config", "profiles", "benchmarks", ".ci"):
+    for folder in ("workflow", "p2core", "config", "profiles", "benchmarks", ".ci", "docs"):
         shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", work)
     (work / ".venv").symlink_to(ROOT / ".venv")
@@ -86,3 +88,33 @@ def test_documented_command_runs(document, command, workspace, request):
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
     result = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{document}: {shlex.quote(run)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a document's headings: lower case, punctuation other than '-' dropped, spaces to '-'."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def relative_links() -> list[tuple[str, str]]:
+    """(document, target) of every link or image in the documents that is not a web address."""
+    found = []
+    for document in LINKED:
+        text = re.sub(r"```.*?```", "", (ROOT / document).read_text(), flags=re.S)
+        found += [(document, target) for target in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in target]
+    return found
+
+
+def test_the_documents_link_each_other():
+    targets = {target for _, target in relative_links()}
+    assert {"docs/reruns.md", "docs/results.md"} <= targets
+    assert len(DOCUMENTS) >= 10, DOCUMENTS  # README, config/README and the docs/ pages
+
+
+@pytest.mark.parametrize("document, target", relative_links())
+def test_relative_link_resolves(document, target):
+    path, _, anchor = target.partition("#")
+    file = (ROOT / document).parent / path if path else ROOT / document
+    assert file.exists(), f"{document}: link to {target}: no such file"
+    if anchor:
+        assert anchor in anchors(file.read_text()), f"{document}: link to {target}: no such heading in {file.name}"

@@ -34,17 +34,22 @@ def test_record_without_git_says_unknown(tmp_path):
 
 
 def test_every_result_of_the_dag_carries_its_provenance(built):
-    from p2core.fingerprint import command_fingerprint
+    sys.path.insert(0, str(ROOT / "workflow"))
+    import steps
 
     run = built / "results/models/digits/p2/a/seed0"
     ema = torch.load(run / "ema.pt", weights_only=True)["provenance"]
-    assert ema["step"]["command"] == "train" and ema["step"]["code_fingerprint"] == command_fingerprint("train")
+    assert ema["step"]["command"] == "train"
+    # the fingerprint that decides the job's reruns (the P2 weighting alone among the weightings), not the command's
+    assert ema["step"]["code_fingerprint"] == steps.fingerprint("train", {steps.WEIGHTINGS: ["p2"]})
+    assert ema["step"]["code_fingerprint_of"] == "job"
     assert ema["git_commit"] == "unknown"  # the test workspace is no git checkout; recorded, not failed
     assert ema["device"] == "cpu" and ema["precision"] == "fp32" and "torch" in ema["versions"]
     shard = built / "results/samples/digits/p2/a/seed0/final/ddpm5/shard1.npz"
     with np.load(shard) as archive:
         sampled = json.loads(str(archive["provenance"]))
     assert sampled["step"]["command"] == "sample" and "--start" in sampled["step"]["arguments"]
+    assert sampled["step"]["code_fingerprint"] == steps.fingerprint("sample", {steps.SAMPLERS: ["ddpm"]})
     metrics = json.loads((built / "results/metrics/digits/p2/a/seed0/final/ddpm5.json").read_text())
     assert metrics["provenance"]["step"]["command"] == "evaluate"
     table = json.loads((built / "results/table1.csv.provenance.json").read_text())
@@ -60,3 +65,15 @@ def test_every_result_of_the_dag_carries_its_provenance(built):
     assert (
         json.loads((built / "results/data/digits/meta.json").read_text())["provenance"]["step"]["command"] == "prepare"
     )
+
+
+def test_a_command_run_by_hand_records_the_whole_commands_fingerprint(monkeypatch):
+    from p2core.fingerprint import command_fingerprint
+
+    monkeypatch.delenv(provenance.FINGERPRINT_VARIABLE, raising=False)
+    provenance.set_step("train", ["--spec", "{}"])
+    try:
+        step = provenance.record()["step"]
+    finally:
+        provenance.end_step()
+    assert step["code_fingerprint"] == command_fingerprint("train") and step["code_fingerprint_of"] == "command"

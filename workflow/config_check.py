@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -42,10 +43,27 @@ class ConfigError(ValueError):
     """A config problem, as the one line that says what to fix."""
 
 
+@cache
+def _schema() -> dict:
+    """The parsed schema (read once per process; never modified)."""
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def check_yaml(path: str | Path) -> None:
+    """A :class:`ConfigError` naming the line and the problem where the file ``path`` is not valid YAML."""
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: {problem} (not valid YAML)") from None
+
+
 def validate(cfg: dict) -> dict:
     """Check ``cfg`` against the schema, fill in the schema's defaults (in place), then cross-check what the schema
     cannot: names that must exist, paths that must exist, and the names p2core defines. Returns ``cfg``."""
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = _schema()
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "top level"
@@ -79,6 +97,9 @@ def check_objective(where: str, objective: dict, cfg: dict) -> None:
     """Ask p2core whether the objective's schedule and weighting (name and parameters) exist and are valid."""
     try:
         betas = make_betas(objective.get("schedule", cfg["schedule"]), cfg["num_timesteps"])
+    except ValueError as exc:  # the objective's own schedule, or the top-level one it inherits
+        raise ConfigError(f"{where if 'schedule' in objective else 'schedule'}: {exc}") from None
+    try:
         loss_weights(objective["weighting"], np.cumprod(1.0 - betas), **objective.get("weighting_params", {}))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None

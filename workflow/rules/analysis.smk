@@ -16,13 +16,13 @@ rule distance_vs_snr:
         domain=lambda w, input: f"--domain-weights {input.domain}" if "domain" in input.keys() else "",
         schedule=config["schedule"],
         num_timesteps=config["num_timesteps"],
-        points=section("figure1")["points"],
-        pairs=section("figure1")["pairs"],
+        points=lambda w: section("figure1")["points"],
+        pairs=lambda w: section("figure1")["pairs"],
         weights_dir=config["weights_dir"],
         unverified="--allow-unverified-weights" if config["evaluation"]["allow_unverified_weights"] else "",
         code=code("distance_vs_snr"),
     shell:
-        "python -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
+        "{params.code} python -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
         " --weights-dir {params.weights_dir} {params.unverified} --schedule {params.schedule}"
         " --num-timesteps {params.num_timesteps}"
         " --points {params.points} --pairs {params.pairs} --out {output} > {log} 2>&1"
@@ -43,9 +43,9 @@ rule reconstructions:
         "../envs/p2.yaml"
     params:
         data=lambda w: f"results/data/{section('figure2')['dataset']}",
-        images=section("figure2")["images"],
-        points=section("figure2")["points"],
+        images=lambda w: section("figure2")["images"],
+        points=lambda w: section("figure2")["points"],
         code=code("reconstructions"),
     shell:
-        "python -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
+        "{params.code} python -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
         " --points {params.points} --out {output} > {log} 2>&1"

@@ -14,8 +14,11 @@ ROOT = Path(workflow.basedir).parent
 sys.path[:0] = [str(ROOT), str(ROOT / "workflow")]
 # these modules import no torch: a no-op run stays fast
 from config_check import ConfigError, validate  # noqa: E402
+from p2core.artifacts import LATEX_TABLES  # noqa: E402
+from p2core.provenance import FINGERPRINT_VARIABLE  # noqa: E402
 from p2core.backends import BACKENDS, CLEAN_FID, TORCH_FIDELITY, reference_extractor  # noqa: E402
 from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps  # noqa: E402
+from p2core.trainlog import EMA_FILE, LOG_FILE, snapshot_file  # noqa: E402
 from p2core.trainspec import EXECUTION_SETTINGS  # noqa: E402
 from steps import SAMPLERS, WEIGHTINGS, fingerprint  # noqa: E402
 
@@ -39,24 +42,32 @@ shell.prefix(f"set -euo pipefail; {_PATH}export PYTHONPATH={shlex.quote(str(ROOT
 
 
 # Each job passes the fingerprint of the p2core definitions it can run (p2core/fingerprint.py, workflow/steps.py),
-# so an edit reruns exactly the jobs whose step can reach the edited definition.
+# so an edit reruns exactly the jobs whose step can reach the edited definition. The param is written as the
+# environment setting that starts the job's command line ("{params.code} python -m p2core ..."), so the same
+# fingerprint also goes into the provenance of the job's results.
+def as_setting(fingerprint):
+    return f"{FINGERPRINT_VARIABLE}={fingerprint}"
+
+
 def code(rule):
     """A rule's fingerprint parameter: the same for every job of the rule."""
-    return fingerprint(rule)
+    return as_setting(fingerprint(rule))
 
 
 def train_code(wildcards):
     """A training run depends on its objective's weighting only, among the weightings."""
-    return fingerprint("train", {WEIGHTINGS: [objective_cfg(wildcards.dataset, wildcards.objective)["weighting"]]})
+    weighting = objective_cfg(wildcards.dataset, wildcards.objective)["weighting"]
+    return as_setting(fingerprint("train", {WEIGHTINGS: [weighting]}))
 
 
 def sample_code(wildcards):
     """A sample shard depends on its sampler kind only, among the registries (sampling reaches no loss code)."""
-    return fingerprint("sample", {SAMPLERS: [parse_sampler(wildcards.sampler)[0]]})
+    return as_setting(fingerprint("sample", {SAMPLERS: [parse_sampler(wildcards.sampler)[0]]}))
 
 
 def figure3_code(wildcards):
-    return fingerprint("figure3", {WEIGHTINGS: [name for name, _ in json.loads(fig3_weightings()).values()]})
+    weightings = [name for name, _ in json.loads(fig3_weightings()).values()]
+    return as_setting(fingerprint("figure3", {WEIGHTINGS: weightings}))
 
 
 # --------------------------------------------------------------------------------------- per-run settings
@@ -163,19 +174,24 @@ def split_run(run):
     return dataset, objective, arch, int(seed.removeprefix("seed"))
 
 
+def model_path(run, ckpt="final"):
+    """The weights of the run folder ``results/models/<run>``: the final EMA for ckpt 'final', the snapshot of step
+    N for 'step{N}' (file names: p2core.trainlog)."""
+    name = EMA_FILE if ckpt == "final" else snapshot_file(int(ckpt.removeprefix("step")))
+    return f"results/models/{run}/{name}"
+
+
 def model_file(wildcards):
-    """A run's final ema.pt, as the input of the jobs that read its model: ``ancient`` for a frozen dataset (no rule
+    """A run's final weights, as the input of the jobs that read its model: ``ancient`` for a frozen dataset (no rule
     makes it; whatever touches the file, it counts as older than what was drawn from it)."""
-    path = f"results/models/{run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)}/ema.pt"
+    path = model_path(run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed))
     return ancient(path) if wildcards.dataset in FROZEN else path
 
 
 def checkpoint_file(wildcards):
-    """ema.pt for ckpt 'final', ema_step{N}.pt for 'step{N}'."""
-    name = "ema" if wildcards.ckpt == "final" else f"ema_{wildcards.ckpt}"
-    return (
-        f"results/models/{run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)}/{name}.pt"
-    )
+    """The weights a sample set of checkpoint ``wildcards.ckpt`` is drawn from (:func:`model_path`)."""
+    run = run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)
+    return model_path(run, wildcards.ckpt)
 
 
 def metrics_file(dataset, objective, arch, seed, ckpt="final", sampler=None):
@@ -302,7 +318,7 @@ def evaluated_grids():
 def evaluated_runs():
     """The final EMA weights of every training run behind the evaluated sample sets."""
     runs = [Path(m).parents[1].relative_to("results/metrics") for m in evaluated_metrics()]
-    return [f"results/models/{run}/ema.pt" for run in dict.fromkeys(runs)]
+    return [model_path(run) for run in dict.fromkeys(runs)]
 
 
 def sample_figure_inputs(wildcards):
@@ -380,8 +396,7 @@ def distance_inputs(wildcards):
 
 def figure2_checkpoint(wildcards):
     sec = section("figure2")
-    run = run_path(sec["dataset"], sec["objective"], default_arch(sec), sec["seed"])
-    return f"results/models/{run}/ema.pt"
+    return model_path(run_path(sec["dataset"], sec["objective"], default_arch(sec), sec["seed"]))
 
 
 def fig3_weightings():
@@ -406,8 +421,8 @@ def summary_inputs():
 
 
 def paper_tables():
-    """The table CSVs that become LaTeX (results/paper/table<N>.tex): Tables 1, 3, 4 and 5, where configured."""
-    return [f"results/{name}.csv" for name in ("table1", "table3", "table4", "table5") if name in config]
+    """The table CSVs that become LaTeX (results/paper/table<N>.tex, p2core.artifacts), where configured."""
+    return [f"results/{name}.csv" for name in LATEX_TABLES if name in config]
 
 
 def all_artifacts():
@@ -484,7 +499,7 @@ def check_frozen_models():
     """A ConfigError naming the first model of a frozen dataset that the configured artifacts use and that does not
     exist: freezing keeps models, it cannot make them."""
     for run in referenced_runs():
-        model = Path(f"results/models/{run}/ema.pt")
+        model = Path(model_path(run))
         if split_run(run)[0] in FROZEN and not model.is_file():
             raise ConfigError(
                 f"freeze: {model} does not exist; build the models of dataset '{split_run(run)[0]}' before freezing it "

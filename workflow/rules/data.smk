@@ -21,7 +21,7 @@ rule prepare_dataset:
         resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
         code=code("prepare_dataset"),
     shell:
-        "python -m p2core prepare {params.source} --resolution {params.resolution} --workers {threads}"
+        "{params.code} python -m p2core prepare {params.source} --resolution {params.resolution} --workers {threads}"
         " --out results/data/{wildcards.dataset} > {log} 2>&1"
 
 
@@ -42,5 +42,5 @@ rule train_domain_features:
         min_accuracy=config["evaluation"]["domain_features"]["min_accuracy"],
         code=code("train_domain_features"),
     shell:
-        "python -m p2core train-features --data results/data/{wildcards.dataset} --out {output} --epochs {params.epochs}"
+        "{params.code} python -m p2core train-features --data results/data/{wildcards.dataset} --out {output} --epochs {params.epochs}"
         " --min-accuracy {params.min_accuracy} > {log} 2>&1"

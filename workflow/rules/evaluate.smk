@@ -23,7 +23,7 @@ rule reference:
         weights_dir=config["weights_dir"],
         code=code("reference"),
     shell:
-        "python -m p2core reference --data results/data/{wildcards.dataset} --backend {wildcards.backend}"
+        "{params.code} python -m p2core reference --data results/data/{wildcards.dataset} --backend {wildcards.backend}"
         " --extractor {params.extractor} {params.domain} {params.published} --weights-dir {params.weights_dir} {params.unverified} --floor-size {params.floor}"
         " --kid-subset-size {params.kid} --threads {threads} --no-progress --out {output} > {log} 2>&1"
 
@@ -49,6 +49,6 @@ rule evaluate:
         tags=tags,
         code=code("evaluate"),
     shell:
-        "python -m p2core evaluate --samples {input.samples} --reference {input.reference}"
+        "{params.code} python -m p2core evaluate --samples {input.samples} --reference {input.reference}"
         " --kid-subset-size {params.kid} --bootstrap {params.bootstrap} --threads {threads} --no-progress {params.tags}"
         " --out {output} > {log} 2>&1"

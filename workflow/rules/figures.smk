@@ -17,7 +17,7 @@ rule figure1:
     params:
         code=code("figure1"),
     shell:
-        "python -m p2core figure fig1 {input} --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core figure fig1 {input} --out {output} > {log} 2>&1"
 
 
 rule figure2:
@@ -40,7 +40,7 @@ rule figure2:
         title=lambda w: "Fig. 2: x0_hat from x_t, {dataset}, {objective} model".format(**section("figure2")),
         code=code("figure2"),
     shell:
-        "python -m p2core figure fig2 {input} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core figure fig2 {input} --title {params.title:q} --out {output} > {log} 2>&1"
 
 
 rule figure3:
@@ -62,7 +62,7 @@ rule figure3:
         num_timesteps=config["num_timesteps"],
         code=figure3_code,
     shell:
-        "python -m p2core figure fig3 --num-timesteps {params.num_timesteps} --weightings {params.weightings:q}"
+        "{params.code} python -m p2core figure fig3 --num-timesteps {params.num_timesteps} --weightings {params.weightings:q}"
         " --out {output} > {log} 2>&1"
 
 
@@ -85,7 +85,7 @@ rule figure4:
     params:
         code=code("figure4"),
     shell:
-        "python -m p2core figure fig4 {input} --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core figure fig4 {input} --out {output} > {log} 2>&1"
 
 
 rule sample_figure:
@@ -114,7 +114,24 @@ rule sample_figure:
         title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
         code=code("sample_figure"),
     shell:
-        "python -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
+
+
+rule readme_picture:
+    """The README's picture (committed, so a clone shows it before any run): a copy of a sample figure under
+    docs/img/. Not part of `all`; redraw it from your own run by naming it as the target."""
+    input:
+        "results/figures/{fig}_samples.png",
+    output:
+        "docs/img/{fig}_samples.png",
+    log:
+        "logs/readme_picture/{fig}.log",
+    conda:
+        "../envs/p2.yaml"
+    wildcard_constraints:
+        fig=r"fig\d+",
+    shell:
+        "cp {input} {output} > {log} 2>&1"
 
 
 rule figure7:
@@ -136,7 +153,7 @@ rule figure7:
     params:
         code=code("figure7"),
     shell:
-        "python -m p2core figure fig7 {input} --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core figure fig7 {input} --out {output} > {log} 2>&1"
 
 
 rule training_curves:
@@ -144,7 +161,7 @@ rule training_curves:
     imported model has none)."""
     input:
         # each run's train.csv is complete once its ema.pt, written last, exists
-        lambda w: [f"{folder}/ema.pt" for _, folder in table1_runs(w.dataset, trained_only=True)],
+        lambda w: [f"{folder}/{EMA_FILE}" for _, folder in table1_runs(w.dataset, trained_only=True)],
     output:
         report(
             "results/figures/curves_{dataset}.png",
@@ -160,9 +177,9 @@ rule training_curves:
         "../envs/p2.yaml"
     params:
         logs=lambda w: " ".join(
-            shlex.quote(f"{o}={folder}/train.csv") for o, folder in table1_runs(w.dataset, trained_only=True)
+            shlex.quote(f"{o}={folder}/{LOG_FILE}") for o, folder in table1_runs(w.dataset, trained_only=True)
         ),
         title=lambda w: f"Training loss by quarter of t, {w.dataset} (thin: seeds, bold: mean)",
         code=code("training_curves"),
     shell:
-        "python -m p2core figure curves {params.logs} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core figure curves {params.logs} --title {params.title:q} --out {output} > {log} 2>&1"

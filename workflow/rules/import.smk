@@ -6,7 +6,7 @@ rule import_model:
         source=lambda w: IMPORTED[w.run],
         data=lambda w: f"results/data/{split_run(w.run)[0]}/meta.json",
     output:
-        protected(f"results/models/{{run,{IMPORTED_RUN_PATTERN}}}/ema.pt"),
+        protected(f"results/models/{{run,{IMPORTED_RUN_PATTERN}}}/{EMA_FILE}"),
     log:
         "logs/import_model/{run}.log",
     conda:
@@ -15,7 +15,7 @@ rule import_model:
         spec=import_spec,
         code=code("import_model"),
     shell:
-        "python -m p2core import --source {input.source:q} --data $(dirname {input.data}) --out $(dirname {output})"
+        "{params.code} python -m p2core import --source {input.source:q} --data $(dirname {input.data}) --out $(dirname {output})"
         " --spec {params.spec:q} > {log} 2>&1"
 
 

@@ -31,7 +31,7 @@ rule sample:
         channels_last=str(config["sampling"]["channels_last"]).lower(),
         code=sample_code,
     shell:
-        "python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
+        "{params.code} python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
         " --num {params.num} --batch-size {resources.batch_size} --seed {params.seed} --precision {params.precision}"
         " --channels-last {params.channels_last} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -63,4 +63,4 @@ rule sample_grid:
     params:
         code=code("sample_grid"),
     shell:
-        "python -m p2core grid {input} --count 64 --scale 4 --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core grid {input} --count 64 --scale 4 --out {output} > {log} 2>&1"

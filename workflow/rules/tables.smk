@@ -14,7 +14,7 @@ rule table1:
     params:
         code=code("table1"),
     shell:
-        "python -m p2core table table1 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} python -m p2core table table1 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule table5:
@@ -33,7 +33,7 @@ rule table5:
     params:
         code=code("table5"),
     shell:
-        "python -m p2core table table5 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} python -m p2core table table5 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule table2:
@@ -54,7 +54,7 @@ rule table2:
         literature=lambda w, input: f"--literature {input.literature}" if input.literature else "",
         code=code("table2"),
     shell:
-        "python -m p2core table table2 {input.ours} {params.literature} --out {output.csv} --markdown {output.markdown}"
+        "{params.code} python -m p2core table table2 {input.ours} {params.literature} --out {output.csv} --markdown {output.markdown}"
         " > {log} 2>&1"
 
 
@@ -74,7 +74,7 @@ rule table3:
     params:
         code=code("table3"),
     shell:
-        "python -m p2core table table3 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} python -m p2core table table3 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule table4:
@@ -93,7 +93,7 @@ rule table4:
     params:
         code=code("table4"),
     shell:
-        "python -m p2core table table4 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} python -m p2core table table4 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule summary:
@@ -116,7 +116,7 @@ rule summary:
     params:
         code=code("summary"),
     shell:
-        "python -m p2core table summary {input} --out {output} > {log} 2>&1"
+        "{params.code} python -m p2core table summary {input} --out {output} > {log} 2>&1"
 
 
 rule run_table:
@@ -133,7 +133,7 @@ rule run_table:
         folders=lambda w, input: " ".join(shlex.quote(str(Path(path).parent)) for path in input),
         code=code("run_table"),
     shell:
-        "python -m p2core runs {params.folders} --csv {output} > {log} 2>&1"
+        "{params.code} python -m p2core runs {params.folders} --csv {output} > {log} 2>&1"
 
 
 rule paper_tex:
@@ -151,4 +151,4 @@ rule paper_tex:
     params:
         code=code("paper_tex"),
     shell:
-        "python -m p2core tex {input} --out-dir results/paper > {log} 2>&1"
+        "{params.code} python -m p2core tex {input} --out-dir results/paper > {log} 2>&1"

@@ -9,7 +9,9 @@ rule train:
     input:
         "results/data/{dataset}/meta.json",
     output:
-        protected(f"results/models/{{dataset,{TRAINED_DATASET_PATTERN}}}/{{objective}}/{{arch}}/seed{{seed}}/ema.pt"),
+        protected(
+            f"results/models/{{dataset,{TRAINED_DATASET_PATTERN}}}/{{objective}}/{{arch}}/seed{{seed}}/{EMA_FILE}"
+        ),
     log:
         "logs/train/{dataset}/{objective}/{arch}/seed{seed}.log",
     benchmark:
@@ -30,6 +32,6 @@ rule train:
         launch=train_launcher,
         code=train_code,
     shell:
-        "{params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
+        "{params.code} {params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
         " --log-every {resources.log_every} --save-every {resources.save_every} --microbatch {resources.microbatch}"
         " --threads {threads} > {log} 2>&1"
