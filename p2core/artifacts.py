@@ -1,5 +1,8 @@
-"""The tables this project renders as LaTeX, and how: one list that the workflow's rules (at parse time, so it imports
-nothing heavy) and :mod:`p2core.tex` both read."""
+"""The paper's artifacts as config sections, and the tables rendered as LaTeX: lists that the workflow (at parse
+time, so this module imports nothing) and :mod:`p2core.tex` read."""
+
+#: the config sections that each ask for one artifact built from runs (and so name datasets, objectives, archs)
+RUN_ARTIFACTS = ("table1", "table3", "table4", "table5", "figure1", "figure2", "figure4")
 
 #: table -> (its LaTeX macro prefix, the columns that name a row, the column whose groups each get one bold best value);
 #: each becomes ``results/paper/<table>.tex`` wherever the config has the table

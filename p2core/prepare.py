@@ -139,7 +139,7 @@ def prepare_folder(
     """
     source = Path(source)
     if not source.exists():
-        raise DataError(f"dataset path {source} does not exist; put the images there or fix data path in the config")
+        raise DataError(f"{source} does not exist; put the {name} images there (or fix datasets.{name}.source)")
     sources = _image_sources(source)
     if not sources:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {source}")

@@ -17,11 +17,8 @@ import subprocess
 import pytest
 from conftest import ROOT
 
-from p2core.released import RELEASED_FILES
-
 DOCUMENTS = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")), "config/README.md")
 LINKED = (*DOCUMENTS, "CONTRIBUTING.md")  # documents whose relative links must resolve
-PAPER_DATASETS = ("ffhq", "celebahq", "metfaces", "afhq_dog", "flowers", "cub")
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -51,18 +48,13 @@ def as_test_run(command: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A copy of the repository with the project environment linked in, the paper's data folders and the authors'
-    released model files (stand-ins) present."""
+    """A copy of the repository with the project environment linked in: like a fresh clone, no images and no
+    released model file (the paper configs plan without them)."""
     work = tmp_path_factory.mktemp("docs")
     for folder in ("workflow", "p2core", "config", "profiles", "benchmarks", ".ci", "docs"):
         shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", work)
     (work / ".venv").symlink_to(ROOT / ".venv")
-    for name in PAPER_DATASETS:
-        (work / "data" / name).mkdir(parents=True)
-    (work / "models/released").mkdir(parents=True)
-    for name in RELEASED_FILES:  # stand-ins: a dry run opens no model file
-        (work / "models/released" / name).write_bytes(b"stand-in")
     return work
 
 

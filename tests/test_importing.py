@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -150,19 +152,8 @@ def test_a_swapped_source_file_is_imported_again_and_refused(built_imported, tmp
     assert list((workdir / "results/samples/digits/p2/a/seed0/final/ddpm5").glob("shard*.npz"))
 
 
-def released_workspace(tmp_path, missing=()):
-    workdir = make_workspace(tmp_path)
-    for name in ("ffhq", "celebahq", "metfaces", "afhq_dog", "flowers", "cub"):
-        (workdir / "data" / name).mkdir(parents=True)
-    (workdir / "models/released").mkdir(parents=True)
-    for name in RELEASED_FILES:
-        if name not in missing:
-            (workdir / "models/released" / name).write_bytes(b"stand-in")  # a dry run opens no file
-    return workdir
-
-
-def test_the_released_config_plans_imports_and_no_training(tmp_path):
-    workdir = released_workspace(tmp_path)
+def test_the_released_config_plans_imports_and_no_training_before_any_download(tmp_path):
+    workdir = make_workspace(tmp_path)  # a fresh clone: no images, no released model file
     result = snakemake(workdir, "-n", "--configfile", "config/released.yaml", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     stats = (result.stdout + result.stderr).split("Job stats:")[1]
@@ -174,13 +165,20 @@ def test_the_released_config_plans_imports_and_no_training(tmp_path):
     assert counts["table1"] == counts["table4"] == counts["summary"] == 1 and "training_curves" not in counts
 
 
-def test_a_missing_released_file_is_one_config_error_saying_where_to_get_it(tmp_path):
-    workdir = released_workspace(tmp_path, missing=("metface_p2.pt",))
-    result = snakemake(workdir, "-n", "--configfile", "config/released.yaml", timeout=120)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("config error:")]
-    assert result.returncode != 0 and len(errors) == 1, result.stderr
-    assert errors[0] == (
-        "config error: datasets.metfaces.objectives.p2.checkpoint: models/released/metface_p2.pt not found; download "
-        "metface_p2.pt from https://github.com/jychoi118/P2-weighting (README, 'Pre-trained models') and put it in "
-        "models/released/"
+def test_a_released_file_not_downloaded_yet_is_one_line_saying_where_to_get_it(tmp_path, digits8):
+    """The import job (not the plan) meets the missing file: one line, nothing written."""
+    out = tmp_path / "run"
+    spec = json.dumps({"model": FLAGS_OF_TEST_CONFIG, "diffusion": {"weighting": "p2"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "p2core", "import", "--source", "models/released/metface_p2.pt", "--data", str(digits8)]
+        + ["--out", str(out), "--spec", spec],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.strip().endswith(
+        "models/released/metface_p2.pt not found; download metface_p2.pt from https://github.com/jychoi118/P2-weighting"
+        " (README, 'Pre-trained models') and put it in models/released/"
+    )
+    assert not out.exists()

@@ -16,17 +16,16 @@ import jsonschema
 import numpy as np
 import yaml
 
+from p2core.artifacts import RUN_ARTIFACTS
 from p2core.backends import BACKENDS, DISTANCES, DOMAIN, EXTRACTORS
 from p2core.device import PRECISIONS, check_layout
 from p2core.errors import P2Error
 from p2core.prepare import EMBEDDED
-from p2core.released import missing_file_message
 from p2core.respace import sampler_steps
 from p2core.schedule import make_betas
 from p2core.weighting import loss_weights
 
 SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
-ARTIFACT_SECTIONS = ("table1", "table3", "table4", "table5", "figure1", "figure2", "figure4")
 #: artifact-section fields that name config entries, and the kind of entry each names
 EMBEDDED_SOURCES = tuple(f"embedded:{name}" for name in EMBEDDED)
 REFERENCES = {
@@ -89,7 +88,7 @@ def validate(cfg: dict) -> dict:
 
 def artifact_sections(cfg: dict) -> list[tuple[str, dict]]:
     """(key, section) for every artifact section of the config."""
-    pairs = [(key, cfg[key]) for key in ARTIFACT_SECTIONS if key in cfg]
+    pairs = [(key, cfg[key]) for key in RUN_ARTIFACTS if key in cfg]
     return pairs + [(f"sample_figures.{key}", value) for key, value in cfg.get("sample_figures", {}).items()]
 
 
@@ -124,18 +123,11 @@ def _check_datasets(cfg: dict) -> None:
             override = dataset["objectives"][objective]
             merged = {**cfg["objectives"][objective], **override}
             check_objective(f"datasets.{name}.objectives.{objective}", merged, cfg)
-            if "checkpoint" in override and not Path(override["checkpoint"]).is_file():
-                message = missing_file_message(override["checkpoint"])
-                raise ConfigError(f"datasets.{name}.objectives.{objective}.checkpoint: {message}")
         source = dataset["source"]
         labelled = source in EMBEDDED_SOURCES
         if source.startswith("embedded:") and not labelled:
             available = ", ".join(EMBEDDED_SOURCES)
             raise ConfigError(f"datasets.{name}.source: unknown embedded dataset '{source}' (available: {available})")
-        if not source.startswith("embedded:") and not Path(source).exists():
-            raise ConfigError(
-                f"datasets.{name}.source: {source} does not exist; put the {name} images there or fix the path"
-            )
         for field, choices in (("extractor", EXTRACTORS), ("distance", DISTANCES)):
             if dataset[field] not in choices:
                 raise ConfigError(
