@@ -4,6 +4,7 @@ Runs where root and apt are available (the cluster is installed and started by t
 Every snakemake call runs under `timeout -k`, so a scheduler problem fails a test instead of hanging CI.
 """
 
+import json
 import os
 import re
 import shutil
@@ -49,6 +50,8 @@ def cluster_profile(workdir: Path, **overrides) -> str:
             if key in rule:
                 rule[key] = 1
         rule.pop("mem_mb", None)
+        if "slurm_partition" in rule:  # the GPU partition: this cluster has one partition for all
+            rule["slurm_partition"] = "debug"
     profile.update(
         {
             "slurm-no-account": True,
@@ -181,3 +184,44 @@ def test_two_gpu_training_runs_torchrun_once_and_resumes_after_sigterm(cluster, 
     a = torch.load(local / target, weights_only=True)["state_dict"]
     b = torch.load(remote / target, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_profile_sends_cpu_rules_to_a_cpu_partition_and_gpu_rules_to_the_gpu_one():
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    default = profile["default-resources"]["slurm_partition"]
+    gpu_rules = {rule for rule, settings in profile["set-resources"].items() if "slurm_partition" in settings}
+    assert gpu_rules == {"train", "sample"}
+    assert all(profile["set-resources"][rule]["slurm_partition"] != default for rule in gpu_rules)
+
+
+def test_a_retried_job_gets_more_time_than_its_first_attempt(tmp_path):
+    """The DAG of the paper config (built through Snakemake's API, as a dry run would): every job with a time limit
+    of its own (train, sample, reference, evaluate) asks for twice it on attempt 2."""
+    code = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("workflow/Snakefile"),
+                            config_settings=ConfigSettings(configfiles=[Path("config/paper.yaml")]))
+    dag = workflow.dag(DAGSettings())
+    dag.workflow_api._workflow.dag_settings = dag.dag_settings
+    internal = workflow._workflow
+    internal._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True)  # as --printdag does
+    internal._build_dag()
+    limits = {}
+    for job in internal.dag.jobs:
+        if job.rule.name in ("train", "sample", "reference", "evaluate") and job.rule.name not in limits:
+            first = job.resources["runtime"]
+            job.attempt = 2
+            limits[job.rule.name] = [first, job.resources["runtime"]]
+print(json.dumps(limits))
+"""
+    workdir = make_workspace(tmp_path)
+    result = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    limits = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(limits) == {"train", "sample", "reference", "evaluate"}
+    for rule, (first, second) in limits.items():
+        assert second == 2 * first > 0, (rule, first, second)

@@ -221,14 +221,20 @@ def sample_shards(dataset, objective, arch, seed, ckpt="final", sampler=None):
     return [f"{folder}/shard{k}.npz" for k in range(math.ceil(NUM_SAMPLES / SHARD_SIZE))]
 
 
-def sample_runtime(wildcards):
+def by_attempt(minutes, attempt):
+    """The time limit of a job's ``attempt`` (1, 2, ...): ``minutes`` times the attempt, so a job that hit its limit
+    is retried with twice the time, then three times, instead of failing the same way again."""
+    return minutes * attempt
+
+
+def sample_runtime(wildcards, attempt):
     """Minutes for one shard job: ``sampling.runtime_min`` is sized for ``sampling.sampler``; other samplers (Table 4)
-    get it scaled by their number of model evaluations per image (at least 10 minutes)."""
+    get it scaled by their number of model evaluations per image (at least 10 minutes); times the attempt."""
     num_timesteps = config["num_timesteps"]
     ratio = sampler_steps(wildcards.sampler, num_timesteps) / sampler_steps(
         config["sampling"]["sampler"], num_timesteps
     )
-    return max(10, math.ceil(config["sampling"]["runtime_min"] * ratio))
+    return by_attempt(max(10, math.ceil(config["sampling"]["runtime_min"] * ratio)), attempt)
 
 
 def section(name):

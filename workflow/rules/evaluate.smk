@@ -13,6 +13,10 @@ rule reference:
     conda:
         "../envs/p2.yaml"
     threads: config["evaluation"]["threads"]
+    resources:
+        gpu=config["evaluation"]["gpus"],
+        mem_mb=config["evaluation"]["mem_mb"],
+        runtime=lambda w, attempt: by_attempt(config["evaluation"]["runtime_min"], attempt),
     params:
         domain=lambda w, input: f"--domain-weights {input.domain}" if input.domain else "",
         published=published_statistics,
@@ -43,6 +47,10 @@ rule evaluate:
     conda:
         "../envs/p2.yaml"
     threads: config["evaluation"]["threads"]
+    resources:
+        gpu=config["evaluation"]["gpus"],
+        mem_mb=config["evaluation"]["mem_mb"],
+        runtime=lambda w, attempt: by_attempt(config["evaluation"]["runtime_min"], attempt),
     params:
         kid=config["evaluation"]["kid_subset_size"],
         bootstrap=config["evaluation"]["bootstrap"],

@@ -126,10 +126,10 @@ rule readme_picture:
         "docs/img/{fig}_samples.png",
     log:
         "logs/readme_picture/{fig}.log",
-    conda:
-        "../envs/p2.yaml"
     wildcard_constraints:
         fig=r"fig\d+",
+    conda:
+        "../envs/p2.yaml"
     shell:
         "cp {input} {output} > {log} 2>&1"
 

@@ -21,7 +21,7 @@ rule train:
     threads: lambda w: train_resources(w.dataset, w.arch)["threads"]
     resources:
         mem_mb=lambda w: train_resources(w.dataset, w.arch)["mem_mb"],
-        runtime=lambda w: train_resources(w.dataset, w.arch)["runtime_min"],
+        runtime=lambda w, attempt: by_attempt(train_resources(w.dataset, w.arch)["runtime_min"], attempt),
         gpu=lambda w: train_resources(w.dataset, w.arch)["gpus"],
         log_every=lambda w: train_execution(w.dataset, w.arch, "log_every"),
         save_every=lambda w: train_execution(w.dataset, w.arch, "save_every"),
