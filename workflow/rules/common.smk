@@ -23,7 +23,7 @@ from p2core.trainspec import EXECUTION_SETTINGS  # noqa: E402
 from steps import SAMPLERS, WEIGHTINGS, fingerprint  # noqa: E402
 
 #: keys of a dataset's objective override that say where the model comes from, not how it diffuses
-MODEL_SOURCE_KEYS = ("checkpoint", "unavailable")
+MODEL_SOURCE_KEYS = ("checkpoint", "unavailable", "note")
 
 # ------------------------------------------------------------------------------------------ config validation
 try:
@@ -96,6 +96,15 @@ def available(dataset, objective):
 def imported_file(dataset, objective):
     """The model file a run of (dataset, objective) is imported from instead of trained, or None."""
     return objective_cfg(dataset, objective).get("checkpoint")
+
+
+def model_source(dataset, objective):
+    """``trained``, or ``imported <file>`` with the objective's ``note`` (what its authors did not state) beside it."""
+    source = imported_file(dataset, objective)
+    if not source:
+        return "trained"
+    note = objective_cfg(dataset, objective).get("note")
+    return f"imported {Path(source).name}" + (f" ({note})" if note else "")
 
 
 def train_cfg(dataset, arch):
@@ -360,7 +369,7 @@ def tags(wildcards):
         "seed": wildcards.seed,
         "checkpoint": ckpt,
         "step": steps if ckpt == "final" else int(ckpt[4:]),
-        "model_source": f"imported {Path(source).name}" if source else "trained",
+        "model_source": model_source(wildcards.dataset, wildcards.objective),
         "weighting": weighting_label(objective_cfg(wildcards.dataset, wildcards.objective)),
         "sampler": wildcards.sampler,
         "training_steps": steps,
