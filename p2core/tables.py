@@ -222,6 +222,8 @@ def _with_difference(
 
 #: a table's identifying columns as a reader names them, in the order the Markdown view shows them
 PEOPLE_KEYS = {"dataset": "dataset", "arch_label": "setting", "sampler": "sampler", "objective": "objective"}
+#: columns of the people view that, when every row holds the same value, are said once above the table instead
+SHARED_LABELS = ("dataset", "setting", "sampler", "seeds", "numbers in", "model")
 
 
 def for_people(table: pd.DataFrame) -> pd.DataFrame:
@@ -247,6 +249,16 @@ def for_people(table: pd.DataFrame) -> pd.DataFrame:
         if column in table:
             view[label] = [_number(v, "") for v in table[column]]
     return view
+
+
+def people_markdown(table: pd.DataFrame) -> str:
+    """:func:`for_people` as Markdown, with the columns of :data:`SHARED_LABELS` that hold one value in every row
+    said once in a line above the table (``dataset digits · sampler dpmpp2m10 · seeds 3 · ...``), so that the table
+    shows only what differs between its rows."""
+    view = for_people(table)
+    shared = [label for label in SHARED_LABELS if label in view and len(view) and view[label].nunique() == 1]
+    line = " · ".join(f"{label} {view[label].iloc[0]}" for label in shared)
+    return (f"Every row: {line}\n\n" if line else "") + to_markdown(view.drop(columns=shared))
 
 
 def _number(value, spec: str) -> str:
@@ -318,22 +330,22 @@ def _write(
     sources: list,
     out: str | Path,
     markdown: str | Path | None,
-    view: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    render: Callable[[pd.DataFrame], str] = to_markdown,
 ) -> pd.DataFrame:
-    """A table as CSV (every column) and Markdown (``view`` of it, e.g. :func:`for_people`; else every column), each
-    with a provenance sidecar listing the files it aggregates."""
+    """A table as CSV (every column) and Markdown (``render`` of it, e.g. :func:`people_markdown`; else every
+    column), each with a provenance sidecar listing the files it aggregates."""
     atomic_write_text(out, table.to_csv(index=False))
     aggregates = {"aggregates": [_source(path) for path in sources]}
     provenance.write_sidecar(out, aggregates)
     if markdown:
-        atomic_write_text(markdown, to_markdown(view(table) if view else table))
+        atomic_write_text(markdown, render(table))
         provenance.write_sidecar(markdown, aggregates)
     return table
 
 
 @register("table1")
 def _table1(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table1(collect(inputs)), inputs, out, markdown, for_people)
+    return _write(table1(collect(inputs)), inputs, out, markdown, people_markdown)
 
 
 @register("table2")
@@ -344,17 +356,17 @@ def _table2(inputs, out, literature, markdown) -> pd.DataFrame:
 
 @register("table3")
 def _table3(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table3(collect(inputs)), inputs, out, markdown, for_people)
+    return _write(table3(collect(inputs)), inputs, out, markdown, people_markdown)
 
 
 @register("table4")
 def _table4(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table4(collect(inputs)), inputs, out, markdown, for_people)
+    return _write(table4(collect(inputs)), inputs, out, markdown, people_markdown)
 
 
 @register("table5")
 def _table5(inputs, out, literature, markdown) -> pd.DataFrame:
-    return _write(table5(collect(inputs)), inputs, out, markdown, for_people)
+    return _write(table5(collect(inputs)), inputs, out, markdown, people_markdown)
 
 
 @register("summary")

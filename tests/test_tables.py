@@ -10,6 +10,7 @@ from p2core.tables import (
     collect,
     evaluations_to_reach,
     for_people,
+    people_markdown,
     summary_markdown,
     table1,
     table3,
@@ -169,6 +170,11 @@ def test_the_markdown_view_shows_what_a_reader_needs_and_no_nan():
     p2, lonely = view.iloc[1], view.iloc[2]
     assert p2["FID"] == "6.5 ± 0.71" and p2["FID vs baseline [95%]"].startswith("-4 [") and p2["verdict"]
     assert lonely["FID"] == "8" and lonely["FID vs baseline [95%]"] == NO_BASELINE and lonely["verdict"] == "-"
+    assert to_markdown(view).startswith("| dataset | objective | FID |")  # two datasets, seed counts 2 and 1
+    shown = people_markdown(table1(metrics(rows[:4])))  # what is the same in every row is said once, above the table
+    header, table_lines = shown.split("\n\n", 1)
+    assert header == "Every row: dataset ffhq · seeds 2"
+    assert table_lines.splitlines()[0].startswith("| objective | FID |") and "seeds" not in table_lines
 
 
 def sweep(fids: dict[str, tuple[float, float]]) -> pd.DataFrame:

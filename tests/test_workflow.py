@@ -56,6 +56,8 @@ def test_tiny_dag_builds_every_artifact(built):
     for name in ("table1", "table3", "table4", "table5"):  # the Markdown a person opens: readable, no nan or None
         text = (built / f"results/{name}.md").read_text()
         assert "FID vs baseline [95%]" in text and "nan" not in text.lower() and "None" not in text, name
+        header = next(line for line in text.splitlines() if line.startswith("| "))
+        assert text.startswith("Every row: ") and header.count(" | ") + 1 <= 10, (name, header)
     assert len((built / "results/table3.csv").read_text().splitlines()) == 1 + 2 * 2
     assert (built / "logs/train/digits/p2/a/seed0.log").is_file()
     assert (built / "benchmarks/jobs/train/digits/p2/a/seed0.tsv").is_file()
