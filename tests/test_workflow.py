@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, make_workspace, snakemake
@@ -253,3 +254,15 @@ def test_images_not_downloaded_yet_are_one_line_when_the_job_needs_them(tmp_path
         "data/ffhq does not exist; put the ffhq images there (or fix datasets.ffhq.source)"
     )
     assert not (tmp_path / "results").exists()
+
+
+def test_snapshots_and_training_logs_reach_their_readers_as_declared_files(built):
+    """Figure 4's snapshot samples and the training curves read files a rule declares (hard links of what training
+    wrote beside its final weights), not files found beside a declared one."""
+    run = built / "results/models/digits/p2/a/seed0"
+    for declared, written in (("snapshots/ema_step10.pt", "ema_step10.pt"), ("log/train.csv", "train.csv")):
+        assert (run / declared).stat().st_ino == (run / written).stat().st_ino, declared
+    shard = built / "results/samples/digits/p2/a/seed0/step10/ddpm5/shard0.npz"
+    with np.load(shard) as archive:
+        arguments = json.loads(str(archive["provenance"]))["step"]["arguments"]
+    assert "results/models/digits/p2/a/seed0/snapshots/ema_step10.pt" in arguments

@@ -184,10 +184,11 @@ def split_run(run):
 
 
 def model_path(run, ckpt="final"):
-    """The weights of the run folder ``results/models/<run>``: the final EMA for ckpt 'final', the snapshot of step
-    N for 'step{N}' (file names: p2core.trainlog)."""
-    name = EMA_FILE if ckpt == "final" else snapshot_file(int(ckpt.removeprefix("step")))
-    return f"results/models/{run}/{name}"
+    """The weights of the run folder ``results/models/<run>``: the final EMA for ckpt 'final', the declared copy of
+    the snapshot of step N for 'step{N}' (made by declare_snapshot), file names from p2core.trainlog."""
+    if ckpt == "final":
+        return f"results/models/{run}/{EMA_FILE}"
+    return f"results/models/{run}/snapshots/{snapshot_file(int(ckpt.removeprefix('step')))}"
 
 
 def model_file(wildcards):
@@ -197,10 +198,15 @@ def model_file(wildcards):
     return ancient(path) if wildcards.dataset in FROZEN else path
 
 
-def checkpoint_file(wildcards):
+def checkpoint_path(wildcards):
     """The weights a sample set of checkpoint ``wildcards.ckpt`` is drawn from (:func:`model_path`)."""
-    run = run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed)
-    return model_path(run, wildcards.ckpt)
+    return model_path(run_path(wildcards.dataset, wildcards.objective, wildcards.arch, wildcards.seed), wildcards.ckpt)
+
+
+def checkpoint_file(wildcards):
+    """:func:`checkpoint_path` as the sample job's input: the final weights as :func:`model_file` gives them
+    (``ancient`` when frozen), or a declared snapshot."""
+    return model_file(wildcards) if wildcards.ckpt == "final" else checkpoint_path(wildcards)
 
 
 def metrics_file(dataset, objective, arch, seed, ckpt="final", sampler=None):

@@ -6,8 +6,7 @@ rule sample:
     The batch size changes no image, so it is a resource, not a param: changing it redraws nothing.
     """
     input:
-        # the run's final ema.pt, written after every snapshot: the snapshot named by {ckpt} exists once it does
-        model_file,
+        checkpoint_file,
     output:
         "results/samples/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}/shard{shard}.npz",
     log:
@@ -23,7 +22,7 @@ rule sample:
         runtime=sample_runtime,
         batch_size=config["sampling"]["batch_size"],
     params:
-        checkpoint=checkpoint_file,
+        checkpoint=checkpoint_path,
         start=lambda w: shard_range(w.shard)[0],
         num=lambda w: shard_range(w.shard)[1],
         seed=config["sampling"]["seed"],

@@ -2,7 +2,8 @@ rule train:
     """One training run: a dataset, an objective (baseline, P2, ...), an architecture and a seed.
 
     Only ema.pt, written last, is declared: checkpoint.pt, train.csv and the ema_step{N}.pt snapshots must survive
-    a failed or preempted attempt (snakemake deletes the declared outputs of failed jobs), so the retry resumes.
+    a failed or preempted attempt (snakemake deletes the declared outputs of failed jobs), so the retry resumes; the
+    snapshots and train.csv are declared afterwards by declare_snapshot and declare_training_log.
     ema.pt is write-protected once written, and the models of the datasets under ``freeze`` have no rule at all.
     Cadences and microbatch are resources, not params: changing them reruns nothing.
     """
@@ -35,3 +36,39 @@ rule train:
         "{params.code} {params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
         " --log-every {resources.log_every} --save-every {resources.save_every} --microbatch {resources.microbatch}"
         " --threads {threads} > {log} 2>&1"
+
+
+rule declare_snapshot:
+    """A training snapshot (the EMA weights kept at a step of `train.snapshot_steps`, for Figure 4) as a declared
+    file: a hard link, under snapshots/, of the one training wrote, made once the run's final weights (written last)
+    exist. So `--touch`, archives and storage plugins see what the snapshot sample jobs read, while training itself
+    declares only its final weights (see rule train)."""
+    input:
+        model_file,
+    output:
+        "results/models/{dataset}/{objective}/{arch}/seed{seed}/snapshots/ema_step{step}.pt",
+    log:
+        "logs/declare_snapshot/{dataset}/{objective}/{arch}/seed{seed}/step{step}.log",
+    conda:
+        "../envs/p2.yaml"
+    params:
+        kept=lambda w: f"results/models/{run_path(w.dataset, w.objective, w.arch, w.seed)}/{snapshot_file(w.step)}",
+    shell:
+        "ln -f {params.kept} {output} 2> {log} || cp {params.kept} {output} 2>> {log}"
+
+
+rule declare_training_log:
+    """A finished run's training log (train.csv) as a declared file under log/, for the training curves: a hard link
+    of the one training appended to, made once the run's final weights exist."""
+    input:
+        model_file,
+    output:
+        f"results/models/{{dataset}}/{{objective}}/{{arch}}/seed{{seed}}/log/{LOG_FILE}",
+    log:
+        "logs/declare_training_log/{dataset}/{objective}/{arch}/seed{seed}.log",
+    conda:
+        "../envs/p2.yaml"
+    params:
+        kept=lambda w: f"results/models/{run_path(w.dataset, w.objective, w.arch, w.seed)}/{LOG_FILE}",
+    shell:
+        "ln -f {params.kept} {output} 2> {log} || cp {params.kept} {output} 2>> {log}"
