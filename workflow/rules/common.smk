@@ -10,8 +10,7 @@ from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 
-ROOT = Path(workflow.basedir).parent
-sys.path[:0] = [str(ROOT), str(ROOT / "workflow")]
+ROOT = Path(workflow.basedir).parent  # on sys.path first (the Snakefile puts it there)
 # these modules import no torch: a no-op run stays fast
 from config_check import ConfigError, validate  # noqa: E402
 from p2core.artifacts import LATEX_TABLES  # noqa: E402
