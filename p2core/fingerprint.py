@@ -30,14 +30,19 @@ Modules that cannot change a result are left out (:data:`RESULT_NEUTRAL`); every
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODULE_BODY = "<module>"  # the unit holding a module's import-time statements
+#: where parsed modules are kept between processes (a no-op ``snakemake`` parses none of p2core again), keyed by
+#: the module's text, the package's module names and this file's own text
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "p2core" / "code-units"
+_PARSER = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 #: Modules whose edits cannot change any result file, with the reason.
 RESULT_NEUTRAL = {
@@ -79,6 +84,8 @@ class CodeGraph:
     def __init__(self, package_dir: str | Path = PACKAGE_DIR):
         self.package_dir = Path(package_dir)
         self._units: dict[str, dict[str, Unit]] = {}
+        self._bindings: dict[str, dict[str, Ref]] = {}
+        self._names: str | None = None
 
     def modules(self) -> list[str]:
         return sorted(path.stem for path in self.package_dir.glob("*.py"))
@@ -86,13 +93,36 @@ class CodeGraph:
     def units(self, module: str) -> dict[str, Unit]:
         """Top-level definitions of ``module`` by name (and :data:`MODULE_BODY`)."""
         if module not in self._units:
-            self._units[module] = _parse_module(module, (self.package_dir / f"{module}.py").read_text(), self)
+            self._units[module], self._bindings[module] = self._parsed(module)
         return self._units[module]
 
     def bindings(self, module: str) -> dict[str, Ref]:
         """Names ``module`` binds by top-level p2core imports (re-exports are followed through these)."""
-        tree = ast.parse((self.package_dir / f"{module}.py").read_text())
-        return _import_bindings(tree.body, self)
+        if module not in self._bindings:
+            self.units(module)
+        return self._bindings[module]
+
+    def _parsed(self, module: str) -> tuple[dict[str, Unit], dict[str, Ref]]:
+        """:func:`_parse_module`'s units and the import bindings of ``module``, from :data:`CACHE_DIR` when this
+        text was parsed before (a cache that cannot be read or written is passed by)."""
+        text = (self.package_dir / f"{module}.py").read_text()
+        if self._names is None:
+            self._names = ",".join(self.modules())
+        key = hashlib.sha256(f"{_PARSER}\0{module}\0{self._names}\0{text}".encode()).hexdigest()
+        cached = CACHE_DIR / f"{key}.json"
+        try:
+            return _units_from_json(json.loads(cached.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        parsed = _parse_module(module, text, self), _import_bindings(ast.parse(text).body, self)
+        try:
+            CACHE_DIR.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(_units_to_json(*parsed)))
+            os.replace(temporary, cached)
+        except OSError:
+            pass
+        return parsed
 
     def is_module(self, name: str) -> bool:
         return (self.package_dir / f"{name}.py").is_file()
@@ -157,6 +187,24 @@ class CodeGraph:
         return digest.hexdigest()[:16]
 
 
+def _units_to_json(units: dict[str, Unit], bindings: dict[str, Ref]) -> dict:
+    return {
+        "units": [
+            [u.module, u.name, u.kind, u.source, sorted(map(list, u.refs), key=str), u.registration]
+            for u in units.values()
+        ],
+        "bindings": {name: list(ref) for name, ref in bindings.items()},
+    }
+
+
+def _units_from_json(data: dict) -> tuple[dict[str, Unit], dict[str, Ref]]:
+    units = {}
+    for module, name, kind, source, refs, registration in data["units"]:
+        registration = tuple(registration) if registration else None
+        units[name] = Unit(module, name, kind, source, frozenset(map(tuple, refs)), registration)
+    return units, {name: tuple(ref) for name, ref in data["bindings"].items()}
+
+
 def _selected(unit: Unit, select: dict[str, set[str]]) -> bool:
     """Whether a registered unit may be reached through its registry: always, unless ``select`` narrows it."""
     if unit.registration is None:
@@ -195,7 +243,7 @@ def _default_graph() -> CodeGraph:
 
 # ------------------------------------------------------------------------------------------------ parsing
 def _parse_module(module: str, text: str, graph: CodeGraph) -> dict[str, Unit]:
-    tree = ast.parse(text)
+    tree = _without_docstrings(ast.parse(text))
     body = [node for node in tree.body if not _is_main_guard(node)]  # a script's entry does not run on import
     body = body[1:] if body and _is_docstring(body[0]) else body
     top_names = _top_level_names(body)
@@ -223,14 +271,19 @@ def _parse_module(module: str, text: str, graph: CodeGraph) -> dict[str, Unit]:
     return units
 
 
-def _normalised(node: ast.stmt) -> str:
-    """What a definition's hash covers: its syntax tree (no comments, no layout, no line numbers) with the docstring
-    of every function and class in it removed. ``node`` is left unchanged."""
-    tree = copy.deepcopy(node)
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """``tree`` with the docstring of every function and class in it removed (in place; a docstring mentions no
+    name, so what a definition refers to is unchanged)."""
     for inner in ast.walk(tree):
         if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and _is_docstring(inner.body[0]):
             inner.body = inner.body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+    return tree
+
+
+def _normalised(node: ast.stmt) -> str:
+    """What a definition's hash covers: its syntax tree (no comments, no layout, no line numbers), docstrings
+    already removed (:func:`_without_docstrings`)."""
+    return ast.dump(node, annotate_fields=False, include_attributes=False)
 
 
 def _is_docstring(node: ast.stmt) -> bool:

@@ -18,6 +18,7 @@ import yaml
 from conftest import ROOT, snakemake
 from test_workflow import planned_rules
 
+from p2core import fingerprint
 from p2core.fingerprint import MODULE_BODY, NEUTRAL_DEFINITIONS, RESULT_NEUTRAL, CodeGraph, command_fingerprint
 from p2core.trace import PREFIX
 
@@ -357,3 +358,16 @@ def test_only_sampling_rules_depend_on_samplers_whatever_the_config():
     ddim = steps.units("sample", {steps.SAMPLERS: ["ddim"], steps.WEIGHTINGS: ["p2"]})
     assert ("sampling", "ddim") in ddim and ("sampling", "dpmpp2m") not in ddim and ("weighting", "uniform") not in ddim
     assert ("weighting", "p2") not in steps.units("train", {steps.WEIGHTINGS: ["uniform"]})
+
+
+def test_parsed_modules_kept_between_processes_are_the_fresh_parse(tmp_path, monkeypatch):
+    """The parse cache that keeps a no-op run fast (fingerprint.CACHE_DIR) gives what parsing gives, and a damaged
+    entry is parsed again."""
+    monkeypatch.setattr(fingerprint, "CACHE_DIR", tmp_path / "cache")
+    fresh = CodeGraph()
+    parsed = {module: (fresh.units(module), fresh.bindings(module)) for module in fresh.modules()}
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    assert len(entries) == len(parsed)
+    entries[0].write_text("{not json")
+    cached = CodeGraph()
+    assert {module: (cached.units(module), cached.bindings(module)) for module in cached.modules()} == parsed
