@@ -133,12 +133,13 @@ def _check_datasets(cfg: dict) -> None:
                 raise ConfigError(
                     f"datasets.{name}.{field}: unknown {field} '{dataset[field]}'; choose one of {', '.join(choices)}"
                 )
-        if dataset["extractor"] == DOMAIN and not labelled:
-            raise ConfigError(
-                f"datasets.{name}.extractor: 'domain' needs a labelled embedded dataset; use {EXTRACTORS[0]}"
-            )
-        if dataset["distance"] == DOMAIN and not labelled:
-            raise ConfigError(f"datasets.{name}.distance: 'domain' needs a labelled embedded dataset; use lpips")
+        for field, other in (("extractor", EXTRACTORS[0]), ("distance", "lpips")):
+            if dataset[field] == DOMAIN and not labelled:
+                labelled_sources = ", ".join(EMBEDDED_SOURCES)
+                raise ConfigError(
+                    f"datasets.{name}: {field} 'domain' needs a labelled embedded source ({labelled_sources}), "
+                    f"not '{source}'; use {field} {other} for an image folder"
+                )
 
 
 def _check_names(cfg: dict) -> None:
