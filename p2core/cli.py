@@ -192,15 +192,14 @@ def args_train_features(parser) -> None:
 
 def cmd_train_features(args) -> None:
     from p2core.data import load_prepared
-    from p2core.features import train_domain_classifier
+    from p2core.features import EPOCHS, train_domain_classifier
 
     data = load_prepared(args.data)
-    epochs = {"epochs": args.epochs} if args.epochs else {}
     result = train_domain_classifier(
         data.images,
         data.labels,
         args.out,
-        **epochs,
+        epochs=args.epochs or EPOCHS,
         seed=args.seed,
         min_accuracy=args.min_accuracy,
         progress=not args.no_progress,

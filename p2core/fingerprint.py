@@ -39,9 +39,13 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODULE_BODY = "<module>"  # the unit holding a module's import-time statements
-#: where parsed modules are kept between processes (a no-op ``snakemake`` parses none of p2core again), keyed by
-#: the module's text, the package's module names and this file's own text
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "p2core" / "code-units"
+#: where parsed modules are kept between processes (a no-op ``snakemake`` parses none of p2core again): one file per
+#: package folder and module, valid for one text of the module, of the package's module names and of this file
+#: (``$P2CORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/p2core/code-units``, else ``~/.cache/p2core/code-units``)
+CACHE_DIR = Path(
+    os.environ.get("P2CORE_CACHE_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "p2core" / "code-units"
+)
 _PARSER = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 #: Modules whose edits cannot change any result file, with the reason.
@@ -104,21 +108,25 @@ class CodeGraph:
 
     def _parsed(self, module: str) -> tuple[dict[str, Unit], dict[str, Ref]]:
         """:func:`_parse_module`'s units and the import bindings of ``module``, from :data:`CACHE_DIR` when this
-        text was parsed before (a cache that cannot be read or written is passed by)."""
-        text = (self.package_dir / f"{module}.py").read_text()
+        text was parsed last (a cache entry that cannot be read or written is passed by; an edit overwrites it, so
+        the cache holds at most one entry per package folder and module)."""
+        path = (self.package_dir / f"{module}.py").resolve()
+        text = path.read_text()
         if self._names is None:
             self._names = ",".join(self.modules())
-        key = hashlib.sha256(f"{_PARSER}\0{module}\0{self._names}\0{text}".encode()).hexdigest()
-        cached = CACHE_DIR / f"{key}.json"
+        key = hashlib.sha256(f"{_PARSER}\0{self._names}\0{text}".encode()).hexdigest()
+        cached = CACHE_DIR / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
         try:
-            return _units_from_json(json.loads(cached.read_text()))
+            entry = json.loads(cached.read_text())
+            if entry["key"] == key:
+                return _units_from_json(entry)
         except (OSError, ValueError, KeyError, TypeError):
             pass
         parsed = _parse_module(module, text, self), _import_bindings(ast.parse(text).body, self)
         try:
             CACHE_DIR.mkdir(parents=True, exist_ok=True)
             temporary = cached.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(_units_to_json(*parsed)))
+            temporary.write_text(json.dumps({"key": key, **_units_to_json(*parsed)}))
             os.replace(temporary, cached)
         except OSError:
             pass

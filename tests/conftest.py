@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,10 @@ import pytest
 import torch
 import yaml
 
-from p2core.prepare import prepare_embedded
+# the suite's own fingerprint parse cache (its workspaces come and go), set before p2core is imported; jobs inherit it
+os.environ.setdefault("P2CORE_CACHE_DIR", tempfile.mkdtemp(prefix="p2core-code-units-"))
+
+from p2core.prepare import prepare_embedded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -121,6 +125,13 @@ def rng():
 def snakemake(workdir, *args, timeout=900, env=None):
     """``python -m snakemake ARGS`` in ``workdir`` with this interpreter; output captured."""
     return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def p2core_error(cwd, *args) -> str:
+    """The one line ``python -m p2core ARGS`` prints in ``cwd`` when it fails (asserted: a failure, one line)."""
+    result = subprocess.run([sys.executable, "-m", "p2core", *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr.strip()
 
 
 def make_workspace(path: Path) -> Path:

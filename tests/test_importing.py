@@ -5,14 +5,20 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import IMPORTED_OBJECTIVES, ROOT, TINY_MODEL, authors_state_dict, make_workspace, snakemake
+from conftest import (
+    IMPORTED_OBJECTIVES,
+    ROOT,
+    TINY_MODEL,
+    authors_state_dict,
+    make_workspace,
+    p2core_error,
+    snakemake,
+)
 
 from p2core import cli
 from p2core.released import LOCK_FILE, RELEASED_FILES
@@ -169,15 +175,11 @@ def test_a_released_file_not_downloaded_yet_is_one_line_saying_where_to_get_it(t
     """The import job (not the plan) meets the missing file: one line, nothing written."""
     out = tmp_path / "run"
     spec = json.dumps({"model": FLAGS_OF_TEST_CONFIG, "diffusion": {"weighting": "p2"}})
-    result = subprocess.run(
-        [sys.executable, "-m", "p2core", "import", "--source", "models/released/metface_p2.pt", "--data", str(digits8)]
-        + ["--out", str(out), "--spec", spec],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+    source = "models/released/metface_p2.pt"
+    error = p2core_error(
+        tmp_path, "import", "--source", source, "--data", str(digits8), "--out", str(out), "--spec", spec
     )
-    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.strip().endswith(
+    assert error.endswith(
         "models/released/metface_p2.pt not found; download metface_p2.pt from https://github.com/jychoi118/P2-weighting"
         " (README, 'Pre-trained models') and put it in models/released/"
     )

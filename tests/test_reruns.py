@@ -371,3 +371,11 @@ def test_parsed_modules_kept_between_processes_are_the_fresh_parse(tmp_path, mon
     entries[0].write_text("{not json")
     cached = CodeGraph()
     assert {module: (cached.units(module), cached.bindings(module)) for module in cached.modules()} == parsed
+    assert len(list((tmp_path / "cache").glob("*.json"))) == len(parsed)  # one entry per module, rewritten
+    package = tmp_path / "p2core"
+    shutil.copytree(ROOT / "p2core", package, ignore=shutil.ignore_patterns("__pycache__"))
+    CodeGraph(package).units("schedule")
+    edit_inside(tmp_path, "schedule", "make_betas")  # an edit is parsed again, and replaces its module's entry
+    edited = CodeGraph(package).units("schedule")["make_betas"]
+    assert edited.source != parsed["schedule"][0]["make_betas"].source
+    assert len(list((tmp_path / "cache").glob("*.json"))) == len(parsed) + 1  # the copy's folder: one entry

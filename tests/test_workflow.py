@@ -3,14 +3,13 @@
 import csv
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, make_workspace, snakemake
+from conftest import ROOT, make_workspace, p2core_error, snakemake
 
 sys.path.insert(0, str(ROOT / "workflow"))
 from config_check import ConfigError, validate  # noqa: E402
@@ -242,17 +241,19 @@ def truncated_snr(snr: np.ndarray, cap: float = 2.0) -> np.ndarray:
 
 def test_images_not_downloaded_yet_are_one_line_when_the_job_needs_them(tmp_path):
     """The paper config plans without its images (above); the job that reads them says what to put where."""
-    result = subprocess.run(
-        [sys.executable, "-m", "p2core", "prepare", "--source", "data/ffhq", "--name", "ffhq", "--resolution", "256"]
-        + ["--out", "results/data/ffhq"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+    error = p2core_error(
+        tmp_path,
+        "prepare",
+        "--source",
+        "data/ffhq",
+        "--name",
+        "ffhq",
+        "--resolution",
+        "256",
+        "--out",
+        "results/data/ffhq",
     )
-    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.strip().endswith(
-        "data/ffhq does not exist; put the ffhq images there (or fix datasets.ffhq.source)"
-    )
+    assert error.endswith("data/ffhq does not exist; put the ffhq images there (or fix datasets.ffhq.source)")
     assert not (tmp_path / "results").exists()
 
 

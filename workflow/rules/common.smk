@@ -190,6 +190,11 @@ def model_path(run, ckpt="final"):
     return f"results/models/{run}/snapshots/{snapshot_file(int(ckpt.removeprefix('step')))}"
 
 
+def training_log(folder):
+    """The declared copy of a finished run's training log (made by declare_training_log)."""
+    return f"{folder}/log/{LOG_FILE}"
+
+
 def model_file(wildcards):
     """A run's final weights, as the input of the jobs that read its model: ``ancient`` for a frozen dataset (no rule
     makes it; whatever touches the file, it counts as older than what was drawn from it)."""

@@ -161,7 +161,7 @@ rule training_curves:
     imported model has none)."""
     input:
         # each run's train.csv, declared once the run is finished (rule declare_training_log)
-        lambda w: [f"{folder}/log/{LOG_FILE}" for _, folder in table1_runs(w.dataset, trained_only=True)],
+        lambda w: [training_log(folder) for _, folder in table1_runs(w.dataset, trained_only=True)],
     output:
         report(
             "results/figures/curves_{dataset}.png",
@@ -177,7 +177,7 @@ rule training_curves:
         "../envs/p2.yaml"
     params:
         logs=lambda w: " ".join(
-            shlex.quote(f"{o}={folder}/log/{LOG_FILE}") for o, folder in table1_runs(w.dataset, trained_only=True)
+            shlex.quote(f"{o}={training_log(folder)}") for o, folder in table1_runs(w.dataset, trained_only=True)
         ),
         title=lambda w: f"Training loss by quarter of t, {w.dataset} (thin: seeds, bold: mean)",
         code=code("training_curves"),

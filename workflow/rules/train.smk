@@ -63,7 +63,7 @@ rule declare_training_log:
     input:
         model_file,
     output:
-        f"results/models/{{dataset}}/{{objective}}/{{arch}}/seed{{seed}}/log/{LOG_FILE}",
+        training_log("results/models/{dataset}/{objective}/{arch}/seed{seed}"),
     log:
         "logs/declare_training_log/{dataset}/{objective}/{arch}/seed{seed}.log",
     conda:
