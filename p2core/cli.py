@@ -96,13 +96,23 @@ def args_train(parser) -> None:
     parser.add_argument("--log-every", type=int, help="updates per train.csv row (0: TrainSpec's default)")
     parser.add_argument("--save-every", type=int, help="updates per checkpoint.pt (0: TrainSpec's default)")
     parser.add_argument("--microbatch", type=int, help="images per forward/backward pass (0: all at once)")
+    parser.add_argument(
+        "--stop-before-limit",
+        type=float,
+        default=0.0,
+        metavar="MIN",
+        help="in a SLURM job: checkpoint MIN minutes before the job's time limit and requeue the job (0: never)",
+    )
     _device_option(parser)
     _threads_option(parser)
     _progress_option(parser)
 
 
 def cmd_train(args) -> None:
-    from p2core.train import train
+    import time
+
+    from p2core.timelimit import requeue, stop_time
+    from p2core.train import StoppedBeforeTimeLimit, train
     from p2core.trainspec import TrainSpec, load_spec, with_execution
 
     _set_threads(args.threads)
@@ -110,8 +120,16 @@ def cmd_train(args) -> None:
         load_spec(args.spec), log_every=args.log_every, save_every=args.save_every, microbatch=args.microbatch
     )
     spec = TrainSpec.from_dict(values)
-    final = train(spec, args.data, args.out, device=args.device, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") == "0":
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        final = train(spec, args.data, args.out, args.device, not args.no_progress, stop_time(args.stop_before_limit))
+    except StoppedBeforeTimeLimit as stopped:
+        if main_rank and not requeue():
+            raise  # no requeue here: the scheduler's retry resumes the run
+        print(f"{stopped}: job requeued, waiting for SLURM to stop this segment", flush=True)
+        time.sleep(600)  # SLURM ends the job within seconds
+        raise
+    if main_rank:
         print(f"wrote {final}")
 
 

@@ -79,10 +79,24 @@ class Preempted(P2Error):
     """Training stopped on a signal after saving a checkpoint; rerunning resumes it."""
 
 
+class StoppedBeforeTimeLimit(Preempted):
+    """Training reached its ``stop_at`` time and saved a checkpoint (a segment of a run longer than its job's time
+    limit); rerunning resumes it."""
+
+
 def train(
-    spec: TrainSpec, data_folder: str | Path, out_dir: str | Path, device: str = "auto", progress: bool = True
+    spec: TrainSpec,
+    data_folder: str | Path,
+    out_dir: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    stop_at: float | None = None,
 ) -> Path:
     """Train (or resume) a run into ``out_dir``; returns the path of the final ``ema.pt``.
+
+    ``stop_at`` (Unix seconds, e.g. :func:`p2core.timelimit.stop_time`): the first step that ends after it saves a
+    checkpoint and raises :class:`StoppedBeforeTimeLimit`; a SIGTERM or SIGUSR1 does the same with :class:`Preempted`.
+    Neither changes the result: the resumed run ends with the weights of an uninterrupted one.
 
     Under ``torchrun`` with several processes the global ``batch_size`` is split across them (see
     :mod:`p2core.distributed`); rank 0 writes every file. Rank 0 holds ``out_dir/.train.lock`` while it runs: a
@@ -94,12 +108,14 @@ def train(
         with FileLock(out_dir / ".train.lock") if ranks.is_main else contextlib.nullcontext():
             if ranks.is_main:
                 print(f"training {out_dir} with {ranks.world} process(es) on {device}", flush=True)
-            return _train(spec, data_folder, out_dir, device, ranks, progress and ranks.is_main)
+            return _train(spec, data_folder, out_dir, device, ranks, progress and ranks.is_main, stop_at)
     finally:
         shutdown(ranks)
 
 
-def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ranks: Ranks, progress: bool) -> Path:
+def _train(
+    spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ranks: Ranks, progress: bool, stop_at
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(spec, load_prepared(data_folder), out_dir, device, ranks)
     bar = progress_bar(total=spec.steps, initial=run.start, desc=f"train {out_dir}", disable=not progress, unit="step")
@@ -108,7 +124,8 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
             run.update(step)
             done = step + 1
             bar.update(1)
-            stopping = ranks.any(stop.signal_name is not None, device)
+            out_of_time = stop_at is not None and time.time() >= stop_at
+            stopping = ranks.any(stop.signal_name is not None or out_of_time, device)
             saving = done % spec.save_every == 0 or done == spec.steps or stopping
             if done % spec.log_every == 0 or saving:
                 row = run.log(done)
@@ -120,6 +137,11 @@ def _train(spec: TrainSpec, data_folder, out_dir: Path, device: torch.device, ra
             if stopping and done < spec.steps:
                 bar.close()
                 ranks.barrier()
+                timed_out = ranks.any(out_of_time, device)  # a collective: every rank calls it
+                if timed_out and stop.signal_name is None:
+                    raise StoppedBeforeTimeLimit(
+                        f"stopped before the job's time limit after step {done}; checkpoint saved, rerun to resume"
+                    )
                 raise Preempted(
                     f"stopped by {stop.signal_name or 'a signal'} after step {done}; checkpoint saved, rerun to resume"
                 )

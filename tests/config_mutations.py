@@ -1,7 +1,7 @@
 """Single mutations of a config, each checked as a user would meet it: run in a pipeline workspace as
 ``python config_mutations.py CONFIG OUT.json``, it writes one record per mutation.
 
-Every mutation first goes through the config check (``workflow/config_check.py``). One accepted mutation of each
+Every mutation first goes through the config check (``p2core/pipeline/config_check.py``). One accepted mutation of each
 kind (the same key path under another arch, objective or dataset counts as the same kind) is then planned: the DAG
 is built in a dry run through Snakemake's API with the mutated file as ``--configfile``, as
 ``snakemake -n --configfile F`` would, so what the rules do with the config at parse time is covered too. Records:
@@ -101,8 +101,7 @@ def plan(config: dict, file: Path) -> tuple[str, str]:
 
 
 def main(config_file: str, out: str) -> None:
-    sys.path.insert(0, "workflow")
-    from config_check import ConfigError, validate
+    from p2core.pipeline.config_check import ConfigError, validate
 
     config = json.loads(json.dumps(yaml.safe_load(Path(config_file).read_text())))  # YAML anchors: one node each
     records, planned_kinds = [], set()

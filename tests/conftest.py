@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,25 @@ def p2core_error(cwd, *args) -> str:
     result = subprocess.run([sys.executable, "-m", "p2core", *args], cwd=cwd, capture_output=True, text=True)
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     return result.stderr.strip()
+
+
+def check_shard_work(dry_run_output: str, config: dict) -> int:
+    """Every sample set of a dry run is split into shards that each carry the model evaluations of one
+    ``sampling.shard_size`` shard of ``sampling.sampler`` (a whole set where that is more than the set): asserted from
+    the shard files the dry run plans. Returns the number of sample jobs."""
+    from p2core.respace import sampler_steps
+
+    shards = {}
+    for output in re.findall(r"^\s+output: (results/samples/\S+)/shard(\d+)\.npz$", dry_run_output, re.M):
+        shards.setdefault(output[0], set()).add(int(output[1]))
+    sampling, steps = config["sampling"], config["num_timesteps"]
+    budget = sampling["shard_size"] * sampler_steps(sampling["sampler"], steps)  # model evaluations per shard
+    for folder, found in shards.items():
+        evaluations = sampler_steps(folder.rsplit("/", 1)[1], steps)
+        per_shard = min(sampling["num_samples"], max(1, round(budget / evaluations)))
+        assert abs(per_shard * evaluations - budget) <= evaluations or per_shard == sampling["num_samples"], folder
+        assert found == set(range(-(-sampling["num_samples"] // per_shard))), (folder, sorted(found))
+    return sum(len(found) for found in shards.values())
 
 
 def make_workspace(path: Path) -> Path:

@@ -5,6 +5,7 @@ naming its key path; the same for a config file that is not YAML and for ``--con
 The mutations are made and checked by ``tests/config_mutations.py`` in one process (see its docstring)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,8 +18,9 @@ def records(tmp_path_factory):
     workdir = make_workspace(tmp_path_factory.mktemp("mutations"))
     out = workdir / "records.json"
     script = str(ROOT / "tests" / "config_mutations.py")
+    env = {**os.environ, "PYTHONPATH": str(workdir)}  # the workspace's p2core, as the Snakefile asks
     result = subprocess.run(
-        [sys.executable, script, "config/config.yaml", str(out)], cwd=workdir, capture_output=True, text=True
+        [sys.executable, script, "config/config.yaml", str(out)], cwd=workdir, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())

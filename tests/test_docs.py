@@ -77,7 +77,9 @@ def test_documented_command_runs(document, command, workspace, request):
         cwd = request.getfixturevalue("built")
         if not (cwd / ".venv").exists():
             (cwd / ".venv").symlink_to(ROOT / ".venv")
-    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    # the folder's own p2core is its environment's, as a clone's editable install would make it (.venv's is this
+    # checkout's: the Snakefile refuses a folder whose p2core is not the one Snakemake imports)
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
     result = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{document}: {shlex.quote(run)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
 

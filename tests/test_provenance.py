@@ -34,8 +34,7 @@ def test_record_without_git_says_unknown(tmp_path):
 
 
 def test_every_result_of_the_dag_carries_its_provenance(built):
-    sys.path.insert(0, str(ROOT / "workflow"))
-    import steps
+    from p2core.pipeline import steps
 
     run = built / "results/models/digits/p2/a/seed0"
     ema = torch.load(run / "ema.pt", weights_only=True)["provenance"]

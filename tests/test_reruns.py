@@ -11,7 +11,6 @@ import ast
 import re
 import shutil
 import stat
-import sys
 
 import pytest
 import yaml
@@ -20,10 +19,8 @@ from test_workflow import planned_rules
 
 from p2core import fingerprint
 from p2core.fingerprint import MODULE_BODY, NEUTRAL_DEFINITIONS, RESULT_NEUTRAL, CodeGraph, command_fingerprint
+from p2core.pipeline import steps
 from p2core.trace import PREFIX
-
-sys.path.insert(0, str(ROOT / "workflow"))
-import steps  # noqa: E402
 
 #: (rule, definition) pairs a rule can run although no job of the tiny DAG ran it there, with the reason
 CAN_RUN_UNTRACED = {

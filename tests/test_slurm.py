@@ -225,3 +225,52 @@ print(json.dumps(limits))
     assert set(limits) == {"train", "sample", "reference", "evaluate"}
     for rule, (first, second) in limits.items():
         assert second == 2 * first > 0, (rule, first, second)
+
+
+def release_requeued_jobs(env) -> None:
+    """SLURM holds a requeued job for two minutes (its BeginTime); the test makes it eligible at once."""
+    pending = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], env=env, capture_output=True, text=True)
+    for line in pending.stdout.splitlines():
+        job, _, reason = line.partition(" ")
+        if reason.strip() == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
+
+
+def test_a_run_longer_than_its_time_limit_trains_in_requeued_segments(cluster, built, tmp_path):
+    """With a 1-minute time limit and `train.resources.stop_before_limit_min: 0.7`, the training job reads its end time
+    from SLURM, checkpoints 42 s before it and requeues itself: the same SLURM job runs again and resumes, and no
+    Snakemake retry is spent (the profile allows none). The run is sized from this machine's speed (the tiny DAG's
+    training log) to need about 20 s of training, more than one segment's 18 s less start-up; it ends with the weights of an uninterrupted
+    local run."""
+    target = "results/models/digits/p2/a/seed0/ema.pt"
+    rows = (built / "results/models/digits/p2/a/seed0/train.csv").read_text().splitlines()[1:]
+    steps_per_s = sum(float(row.split(",")[-1]) for row in rows) / len(rows) / 8  # img/s at batch 8
+    steps = 50 * max(4, round(20 * steps_per_s / 50))
+
+    def sized(config):
+        config["seeds"] = [0]
+        config["train"].update(steps=steps, save_every=50, log_every=50, snapshot_steps=[])
+        config["train"]["resources"].update(runtime_min=1, stop_before_limit_min=0.7)
+
+    local = make_workspace(tmp_path / "local")
+    result = snakemake(local, os.environ, target, "--cores", "2", "--configfile", write_config(local, sized))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    remote = make_workspace(tmp_path / "remote")
+    before = {job["JobId"] for job in finished_jobs(cluster)}
+    command = ["timeout", "-k", "10", "600", sys.executable, "-m", "snakemake", target, "--profile"]
+    command += [cluster_profile(remote), "--configfile", write_config(remote, sized)]
+    process = subprocess.Popen(command, cwd=remote, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while process.poll() is None:
+        release_requeued_jobs(cluster)
+        time.sleep(1)
+    output = process.stdout.read().decode()
+    assert process.returncode == 0, output[-4000:]
+    jobs = [job for job in finished_jobs(cluster) if job["JobId"] not in before]
+    assert len(jobs) == 2, jobs  # prepare_dataset and train: the segments were one SLURM job
+    assert max(int(job["Restarts"]) for job in jobs) >= 1, jobs
+    train_log = (remote / "logs/train/digits/p2/a/seed0.log").read_text()  # the last segment's log
+    assert re.search(r"resuming from the checkpoint of step [1-9]", train_log), train_log[-3000:]
+    a = torch.load(local / target, weights_only=True)["state_dict"]
+    b = torch.load(remote / target, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

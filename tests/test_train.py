@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from conftest import tiny_spec
 from p2core.checkpoint import load_checkpoint, save_checkpoint
 from p2core.errors import CheckpointError, P2Error, TrainingDiverged
 from p2core.objective import Objective
+from p2core.timelimit import stop_time
 from p2core.train import TrainSpec, train
 
 CLI = [sys.executable, "-m", "p2core"]
@@ -104,6 +106,43 @@ def test_preemption_signal_checkpoints_exits_and_resumes_identically(digits8, re
     assert not (tmp_path / "ema.pt").exists()
     assert train_process(digits8, tmp_path).wait(timeout=300) == 0
     assert_same_run(reference, tmp_path)
+
+
+def test_a_run_past_its_jobs_stop_time_checkpoints_exits_and_resumes_identically(digits8, reference, tmp_path):
+    """In a SLURM job whose end time minus --stop-before-limit has passed, every segment trains one step, saves and
+    exits (the job cannot be requeued here: a made-up job id); run outside the job, it finishes equal to an
+    uninterrupted run."""
+    ended = {**os.environ, "SLURM_JOB_ID": "p2core-test-no-such-job", "SLURM_JOB_END_TIME": str(int(time.time()))}
+    arguments = [
+        "train",
+        "--data",
+        str(digits8),
+        "--out",
+        str(tmp_path),
+        "--spec",
+        RESUME_SPEC,
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
+    for segment in (1, 2):
+        result = subprocess.run(
+            [*CLI, *arguments, "--stop-before-limit", "0.5"], env=ended, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"stopped before the job's time limit after step {segment}; checkpoint saved" in result.stderr
+        assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == segment
+    assert subprocess.run([*CLI, *arguments], capture_output=True, timeout=300).returncode == 0
+    assert_same_run(reference, tmp_path)
+
+
+def test_the_stop_time_is_the_jobs_end_minus_the_margin_and_none_outside_a_job(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert stop_time(10) is None
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "1000000")
+    assert stop_time(10) == 1000000 - 600
+    assert stop_time(0) is None  # no margin: never stop early
 
 
 def test_two_process_ddp_equals_one_process(digits8, tmp_path):

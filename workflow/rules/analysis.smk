@@ -11,6 +11,8 @@ rule distance_vs_snr:
         "benchmarks/jobs/distance_vs_snr/{dataset}.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         distance=lambda w: dataset_cfg(w.dataset)["distance"],
         domain=lambda w, input: f"--domain-weights {input.domain}" if "domain" in input.keys() else "",
@@ -22,7 +24,7 @@ rule distance_vs_snr:
         unverified="--allow-unverified-weights" if config["evaluation"]["allow_unverified_weights"] else "",
         code=code("distance_vs_snr"),
     shell:
-        "{params.code} python -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
+        "{params.code} {resources.python} -m p2core distance-vs-snr --data results/data/{wildcards.dataset} --distance {params.distance} {params.domain}"
         " --weights-dir {params.weights_dir} {params.unverified} --schedule {params.schedule}"
         " --num-timesteps {params.num_timesteps}"
         " --points {params.points} --pairs {params.pairs} --out {output} > {log} 2>&1"
@@ -41,11 +43,13 @@ rule reconstructions:
         "benchmarks/jobs/reconstructions/fig2.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         data=lambda w: f"results/data/{section('figure2')['dataset']}",
         images=lambda w: section("figure2")["images"],
         points=lambda w: section("figure2")["points"],
         code=code("reconstructions"),
     shell:
-        "{params.code} python -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
+        "{params.code} {resources.python} -m p2core reconstruct --checkpoint {input.checkpoint} --data {params.data} --num-images {params.images}"
         " --points {params.points} --out {output} > {log} 2>&1"

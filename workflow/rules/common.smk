@@ -1,5 +1,5 @@
 """Paths, per-run settings, target lists and the code fingerprint of every job; the config check itself is
-workflow/config_check.py, the rule -> command table workflow/steps.py."""
+p2core/pipeline/config_check.py, the rule -> command table p2core/pipeline/steps.py."""
 
 import json
 import math
@@ -10,16 +10,16 @@ from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 
-ROOT = Path(workflow.basedir).parent  # on sys.path first (the Snakefile puts it there)
-# these modules import no torch: a no-op run stays fast
-from config_check import ConfigError, validate  # noqa: E402
-from p2core.artifacts import LATEX_TABLES  # noqa: E402
-from p2core.provenance import FINGERPRINT_VARIABLE  # noqa: E402
-from p2core.backends import BACKENDS, CLEAN_FID, TORCH_FIDELITY, reference_extractor  # noqa: E402
-from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps  # noqa: E402
-from p2core.trainlog import EMA_FILE, LOG_FILE, snapshot_file  # noqa: E402
-from p2core.trainspec import EXECUTION_SETTINGS  # noqa: E402
-from steps import SAMPLERS, WEIGHTINGS, fingerprint  # noqa: E402
+# from the installed p2core (the Snakefile says how to install it); these modules import no torch: a no-op run stays
+# fast
+from p2core.artifacts import LATEX_TABLES
+from p2core.backends import BACKENDS, CLEAN_FID, TORCH_FIDELITY, reference_extractor
+from p2core.pipeline.config_check import ConfigError, validate
+from p2core.pipeline.steps import SAMPLERS, WEIGHTINGS, fingerprint
+from p2core.provenance import FINGERPRINT_VARIABLE
+from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps
+from p2core.trainlog import EMA_FILE, LOG_FILE, snapshot_file
+from p2core.trainspec import EXECUTION_SETTINGS
 
 #: keys of a dataset's objective override that say where the model comes from, not how it diffuses
 MODEL_SOURCE_KEYS = ("checkpoint", "unavailable", "note")
@@ -32,17 +32,17 @@ except ConfigError as error:  # one line saying what to fix, before any job runs
     sys.exit(1)
 
 # ----------------------------------------------------------------------------------------------- the runner
+# Every job runs `{resources.python} -m p2core ...`: the interpreter running Snakemake, whose p2core is the one read
+# here at parse time, or with --sdm conda the python of workflow/envs/p2.yaml (its post-deploy script installs p2core).
+# A resource, not a param: where the interpreter lives is no rerun trigger. No global shell prefix or PYTHONPATH, so
+# a host workflow that uses this one as a module inherits nothing.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-# Rules run `python -m p2core ...`: with --sdm conda that python is workflow/envs/p2.yaml's, otherwise the
-# interpreter running snakemake (put first on PATH). PYTHONPATH finds this checkout's p2core either way.
-_PATH = "" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
-# (the prefix is formatted like a shell command, hence the doubled braces)
-shell.prefix(f"set -euo pipefail; {_PATH}export PYTHONPATH={shlex.quote(str(ROOT))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
 
 
-# Each job passes the fingerprint of the p2core definitions it can run (p2core/fingerprint.py, workflow/steps.py),
+# Each job passes the fingerprint of the p2core definitions it can run (p2core/fingerprint.py, p2core/pipeline/steps.py),
 # so an edit reruns exactly the jobs whose step can reach the edited definition. The param is written as the
-# environment setting that starts the job's command line ("{params.code} python -m p2core ..."), so the same
+# environment setting that starts the job's command line ("{params.code} {resources.python} -m p2core ..."), so the same
 # fingerprint also goes into the provenance of the job's results.
 def as_setting(fingerprint):
     return f"{FINGERPRINT_VARIABLE}={fingerprint}"
@@ -156,11 +156,12 @@ def import_spec(wildcards):
 
 
 def train_launcher(wildcards):
-    """`python -m p2core`, or torchrun with one process per GPU when a run asks for more than one GPU."""
+    """What the interpreter runs: `-m p2core`, or torchrun with one process per GPU when a run asks for more than one
+    GPU (a param: the number of processes changes the order of the gradient reduction, hence the weights)."""
     gpus = train_resources(wildcards.dataset, wildcards.arch)["gpus"]
     if gpus > 1:
-        return f"python -m torch.distributed.run --standalone --nproc_per_node={gpus} -m p2core"
-    return "python -m p2core"
+        return f"-m torch.distributed.run --standalone --nproc_per_node={gpus} -m p2core"
+    return "-m p2core"
 
 
 def train_steps(dataset, arch):
@@ -228,16 +229,30 @@ NUM_SAMPLES = config["sampling"]["num_samples"]
 SHARD_SIZE = config["sampling"].get("shard_size", NUM_SAMPLES)
 
 
-def shard_range(shard):
-    """(first image, number of images) of shard ``shard`` of every sample set."""
-    start = int(shard) * SHARD_SIZE
-    return start, min(SHARD_SIZE, NUM_SAMPLES - start)
+def model_evaluations(sampler):
+    """Model evaluations per image of ``sampler`` (None: ``sampling.sampler``)."""
+    return sampler_steps(sampler or config["sampling"]["sampler"], config["num_timesteps"])
+
+
+def images_per_shard(sampler=None):
+    """Images per shard job of ``sampler``'s sample sets: ``sampling.shard_size`` for ``sampling.sampler``, and for
+    another sampler as many images as take the same model evaluations, so that every shard job carries about the same
+    GPU time (a ddim25 shard holds ten times the images of a ddpm250 one); at most a whole sample set."""
+    scaled = round(SHARD_SIZE * model_evaluations(None) / model_evaluations(sampler))
+    return min(NUM_SAMPLES, max(1, scaled))
+
+
+def shard_range(sampler, shard):
+    """(first image, number of images) of shard ``shard`` of every sample set drawn with ``sampler``."""
+    size = images_per_shard(sampler)
+    start = int(shard) * size
+    return start, min(size, NUM_SAMPLES - start)
 
 
 def sample_shards(dataset, objective, arch, seed, ckpt="final", sampler=None):
     """The shard files of one sample set, in image order."""
     folder = samples_dir(dataset, objective, arch, seed, ckpt, sampler)
-    return [f"{folder}/shard{k}.npz" for k in range(math.ceil(NUM_SAMPLES / SHARD_SIZE))]
+    return [f"{folder}/shard{k}.npz" for k in range(math.ceil(NUM_SAMPLES / images_per_shard(sampler)))]
 
 
 def by_attempt(minutes, attempt):
@@ -247,12 +262,11 @@ def by_attempt(minutes, attempt):
 
 
 def sample_runtime(wildcards, attempt):
-    """Minutes for one shard job: ``sampling.runtime_min`` is sized for ``sampling.sampler``; other samplers (Table 4)
-    get it scaled by their number of model evaluations per image (at least 10 minutes); times the attempt."""
-    num_timesteps = config["num_timesteps"]
-    ratio = sampler_steps(wildcards.sampler, num_timesteps) / sampler_steps(
-        config["sampling"]["sampler"], num_timesteps
-    )
+    """Minutes for one shard job: ``sampling.runtime_min`` is sized for a ``sampling.shard_size`` shard of
+    ``sampling.sampler``; a shard of another sampler gets it scaled by its model evaluations (the same, but where a
+    whole sample set or a single image is less or more work), at least 10 minutes; times the attempt."""
+    work = images_per_shard(wildcards.sampler) * model_evaluations(wildcards.sampler)
+    ratio = work / (SHARD_SIZE * model_evaluations(None))
     return by_attempt(max(10, math.ceil(config["sampling"]["runtime_min"] * ratio)), attempt)
 
 

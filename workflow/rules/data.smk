@@ -10,6 +10,8 @@ rule prepare_dataset:
     conda:
         "../envs/p2.yaml"
     threads: 8  # decoding processes (fewer when snakemake has fewer cores)
+    resources:
+        python=PYTHON,
     params:
         source=lambda w: (
             f"--embedded {dataset_cfg(w.dataset)['source'].split(':', 1)[1]}"
@@ -21,7 +23,7 @@ rule prepare_dataset:
         resolution=lambda w: dataset_cfg(w.dataset)["resolution"],
         code=code("prepare_dataset"),
     shell:
-        "{params.code} python -m p2core prepare {params.source} --resolution {params.resolution} --workers {threads}"
+        "{params.code} {resources.python} -m p2core prepare {params.source} --resolution {params.resolution} --workers {threads}"
         " --out results/data/{wildcards.dataset} > {log} 2>&1"
 
 
@@ -37,10 +39,12 @@ rule train_domain_features:
         "benchmarks/jobs/train_domain_features/{dataset}.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         epochs=config["evaluation"]["domain_features"]["epochs"],
         min_accuracy=config["evaluation"]["domain_features"]["min_accuracy"],
         code=code("train_domain_features"),
     shell:
-        "{params.code} python -m p2core train-features --data results/data/{wildcards.dataset} --out {output} --epochs {params.epochs}"
+        "{params.code} {resources.python} -m p2core train-features --data results/data/{wildcards.dataset} --out {output} --epochs {params.epochs}"
         " --min-accuracy {params.min_accuracy} > {log} 2>&1"

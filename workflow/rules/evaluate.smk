@@ -14,6 +14,7 @@ rule reference:
         "../envs/p2.yaml"
     threads: config["evaluation"]["threads"]
     resources:
+        python=PYTHON,
         gpu=config["evaluation"]["gpus"],
         mem_mb=config["evaluation"]["mem_mb"],
         runtime=lambda w, attempt: by_attempt(config["evaluation"]["runtime_min"], attempt),
@@ -27,7 +28,7 @@ rule reference:
         weights_dir=config["weights_dir"],
         code=code("reference"),
     shell:
-        "{params.code} python -m p2core reference --data results/data/{wildcards.dataset} --backend {wildcards.backend}"
+        "{params.code} {resources.python} -m p2core reference --data results/data/{wildcards.dataset} --backend {wildcards.backend}"
         " --extractor {params.extractor} {params.domain} {params.published} --weights-dir {params.weights_dir} {params.unverified} --floor-size {params.floor}"
         " --kid-subset-size {params.kid} --threads {threads} --no-progress --out {output} > {log} 2>&1"
 
@@ -48,6 +49,7 @@ rule evaluate:
         "../envs/p2.yaml"
     threads: config["evaluation"]["threads"]
     resources:
+        python=PYTHON,
         gpu=config["evaluation"]["gpus"],
         mem_mb=config["evaluation"]["mem_mb"],
         runtime=lambda w, attempt: by_attempt(config["evaluation"]["runtime_min"], attempt),
@@ -57,6 +59,6 @@ rule evaluate:
         tags=tags,
         code=code("evaluate"),
     shell:
-        "{params.code} python -m p2core evaluate --samples {input.samples} --reference {input.reference}"
+        "{params.code} {resources.python} -m p2core evaluate --samples {input.samples} --reference {input.reference}"
         " --kid-subset-size {params.kid} --bootstrap {params.bootstrap} --threads {threads} --no-progress {params.tags}"
         " --out {output} > {log} 2>&1"

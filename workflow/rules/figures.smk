@@ -14,10 +14,12 @@ rule figure1:
         "benchmarks/jobs/figure1/{dataset}.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("figure1"),
     shell:
-        "{params.code} python -m p2core figure fig1 {input} --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core figure fig1 {input} --out {output} > {log} 2>&1"
 
 
 rule figure2:
@@ -36,11 +38,13 @@ rule figure2:
         "benchmarks/jobs/figure2/fig2.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         title=lambda w: "Fig. 2: x0_hat from x_t, {dataset}, {objective} model".format(**section("figure2")),
         code=code("figure2"),
     shell:
-        "{params.code} python -m p2core figure fig2 {input} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core figure fig2 {input} --title {params.title:q} --out {output} > {log} 2>&1"
 
 
 rule figure3:
@@ -57,12 +61,14 @@ rule figure3:
         "benchmarks/jobs/figure3/fig3.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         weightings=fig3_weightings(),
         num_timesteps=config["num_timesteps"],
         code=figure3_code,
     shell:
-        "{params.code} python -m p2core figure fig3 --num-timesteps {params.num_timesteps} --weightings {params.weightings:q}"
+        "{params.code} {resources.python} -m p2core figure fig3 --num-timesteps {params.num_timesteps} --weightings {params.weightings:q}"
         " --out {output} > {log} 2>&1"
 
 
@@ -82,10 +88,12 @@ rule figure4:
         "benchmarks/jobs/figure4/fig4.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("figure4"),
     shell:
-        "{params.code} python -m p2core figure fig4 {input} --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core figure fig4 {input} --out {output} > {log} 2>&1"
 
 
 rule sample_figure:
@@ -107,6 +115,8 @@ rule sample_figure:
         fig=r"fig\d+",
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         panels=lambda w, input: " ".join(
             shlex.quote(f"{label}={path}") for label, paths in input.items() for path in paths
@@ -114,7 +124,7 @@ rule sample_figure:
         title=lambda w: config["sample_figures"][w.fig].get("title", w.fig),
         code=code("sample_figure"),
     shell:
-        "{params.code} python -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
 
 
 rule readme_picture:
@@ -150,10 +160,12 @@ rule figure7:
         "benchmarks/jobs/figure7/fig7.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("figure7"),
     shell:
-        "{params.code} python -m p2core figure fig7 {input} --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core figure fig7 {input} --out {output} > {log} 2>&1"
 
 
 rule training_curves:
@@ -175,6 +187,8 @@ rule training_curves:
         "benchmarks/jobs/training_curves/{dataset}.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         logs=lambda w: " ".join(
             shlex.quote(f"{o}={training_log(folder)}") for o, folder in table1_runs(w.dataset, trained_only=True)
@@ -182,4 +196,4 @@ rule training_curves:
         title=lambda w: f"Training loss by quarter of t, {w.dataset} (thin: seeds, bold: mean)",
         code=code("training_curves"),
     shell:
-        "{params.code} python -m p2core figure curves {params.logs} --title {params.title:q} --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core figure curves {params.logs} --title {params.title:q} --out {output} > {log} 2>&1"

@@ -12,12 +12,14 @@ rule import_model:
         "logs/import_model/{run}.log",
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         source=lambda w: IMPORTED[w.run],
         spec=import_spec,
         code=code("import_model"),
     shell:
-        "{params.code} python -m p2core import --source {params.source:q} --data $(dirname {input.data}) --out $(dirname {output})"
+        "{params.code} {resources.python} -m p2core import --source {params.source:q} --data $(dirname {input.data}) --out $(dirname {output})"
         " --spec {params.spec:q} > {log} 2>&1"
 
 

@@ -17,20 +17,21 @@ rule sample:
         "../envs/p2.yaml"
     threads: config["sampling"]["threads"]
     resources:
+        python=PYTHON,
         gpu=config["sampling"]["gpus"],
         mem_mb=config["sampling"]["mem_mb"],
         runtime=sample_runtime,
         batch_size=config["sampling"]["batch_size"],
     params:
         checkpoint=checkpoint_path,
-        start=lambda w: shard_range(w.shard)[0],
-        num=lambda w: shard_range(w.shard)[1],
+        start=lambda w: shard_range(w.sampler, w.shard)[0],
+        num=lambda w: shard_range(w.sampler, w.shard)[1],
         seed=config["sampling"]["seed"],
         precision=config["sampling"]["precision"],
         channels_last=str(config["sampling"]["channels_last"]).lower(),
         code=sample_code,
     shell:
-        "{params.code} python -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
+        "{params.code} {resources.python} -m p2core sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} --start {params.start}"
         " --num {params.num} --batch-size {resources.batch_size} --seed {params.seed} --precision {params.precision}"
         " --channels-last {params.channels_last} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -59,7 +60,9 @@ rule sample_grid:
         "benchmarks/jobs/sample_grid/{dataset}/{objective}/{arch}/seed{seed}/{ckpt}/{sampler}.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("sample_grid"),
     shell:
-        "{params.code} python -m p2core grid {input} --count 64 --scale 4 --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core grid {input} --count 64 --scale 4 --out {output} > {log} 2>&1"

@@ -11,10 +11,12 @@ rule table1:
         "benchmarks/jobs/table1/table1.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("table1"),
     shell:
-        "{params.code} python -m p2core table table1 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core table table1 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule table5:
@@ -30,10 +32,12 @@ rule table5:
         "benchmarks/jobs/table5/table5.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("table5"),
     shell:
-        "{params.code} python -m p2core table table5 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core table table5 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule table2:
@@ -50,11 +54,13 @@ rule table2:
         "benchmarks/jobs/table2/table2.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         literature=lambda w, input: f"--literature {input.literature}" if input.literature else "",
         code=code("table2"),
     shell:
-        "{params.code} python -m p2core table table2 {input.ours} {params.literature} --out {output.csv} --markdown {output.markdown}"
+        "{params.code} {resources.python} -m p2core table table2 {input.ours} {params.literature} --out {output.csv} --markdown {output.markdown}"
         " > {log} 2>&1"
 
 
@@ -71,10 +77,12 @@ rule table3:
         "benchmarks/jobs/table3/table3.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("table3"),
     shell:
-        "{params.code} python -m p2core table table3 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core table table3 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule table4:
@@ -90,10 +98,12 @@ rule table4:
         "benchmarks/jobs/table4/table4.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("table4"),
     shell:
-        "{params.code} python -m p2core table table4 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core table table4 {input} --out {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule summary:
@@ -113,10 +123,12 @@ rule summary:
         "benchmarks/jobs/summary/summary.tsv"
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("summary"),
     shell:
-        "{params.code} python -m p2core table summary {input} --out {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core table summary {input} --out {output} > {log} 2>&1"
 
 
 rule run_table:
@@ -129,11 +141,13 @@ rule run_table:
         "logs/run_table/run_table.log",
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         folders=lambda w, input: " ".join(shlex.quote(str(Path(path).parent)) for path in input),
         code=code("run_table"),
     shell:
-        "{params.code} python -m p2core runs {params.folders} --csv {output} > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core runs {params.folders} --csv {output} > {log} 2>&1"
 
 
 rule paper_tex:
@@ -148,7 +162,9 @@ rule paper_tex:
         "logs/paper_tex/paper_tex.log",
     conda:
         "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
     params:
         code=code("paper_tex"),
     shell:
-        "{params.code} python -m p2core tex {input} --out-dir results/paper > {log} 2>&1"
+        "{params.code} {resources.python} -m p2core tex {input} --out-dir results/paper > {log} 2>&1"

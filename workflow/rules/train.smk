@@ -5,7 +5,8 @@ rule train:
     a failed or preempted attempt (snakemake deletes the declared outputs of failed jobs), so the retry resumes; the
     snapshots and train.csv are declared afterwards by declare_snapshot and declare_training_log.
     ema.pt is write-protected once written, and the models of the datasets under ``freeze`` have no rule at all.
-    Cadences and microbatch are resources, not params: changing them reruns nothing.
+    Cadences, microbatch and the minutes before the time limit at which a SLURM job checkpoints and requeues itself
+    (``train.resources.stop_before_limit_min``) are resources, not params: changing them reruns nothing.
     """
     input:
         "results/data/{dataset}/meta.json",
@@ -21,21 +22,23 @@ rule train:
         "../envs/p2.yaml"
     threads: lambda w: train_resources(w.dataset, w.arch)["threads"]
     resources:
+        python=PYTHON,
         mem_mb=lambda w: train_resources(w.dataset, w.arch)["mem_mb"],
         runtime=lambda w, attempt: by_attempt(train_resources(w.dataset, w.arch)["runtime_min"], attempt),
         gpu=lambda w: train_resources(w.dataset, w.arch)["gpus"],
         log_every=lambda w: train_execution(w.dataset, w.arch, "log_every"),
         save_every=lambda w: train_execution(w.dataset, w.arch, "save_every"),
         microbatch=lambda w: train_execution(w.dataset, w.arch, "microbatch"),
+        stop_before_limit=lambda w: str(train_resources(w.dataset, w.arch)["stop_before_limit_min"]),
     params:
         spec=train_spec,
         out=lambda w: f"results/models/{run_path(**w)}",
         launch=train_launcher,
         code=train_code,
     shell:
-        "{params.code} {params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
+        "{params.code} {resources.python} {params.launch} train --data results/data/{wildcards.dataset} --out {params.out} --spec {params.spec:q}"
         " --log-every {resources.log_every} --save-every {resources.save_every} --microbatch {resources.microbatch}"
-        " --threads {threads} > {log} 2>&1"
+        " --stop-before-limit {resources.stop_before_limit} --threads {threads} > {log} 2>&1"
 
 
 rule declare_snapshot:

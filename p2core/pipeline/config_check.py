@@ -1,4 +1,4 @@
-"""The config check: the schema (``workflow/schemas/config.schema.yaml``), its defaults, and every check the schema
+"""The config check: the schema (``config.schema.yaml`` beside this module), its defaults, and every check the schema
 cannot make, by asking p2core (weightings, schedules, sampler names, backends, extractors, distances, precisions).
 
 A plain module (no Snakemake): ``common.smk`` calls :func:`validate` before any job runs and prints a
@@ -25,7 +25,7 @@ from p2core.respace import sampler_steps
 from p2core.schedule import make_betas
 from p2core.weighting import loss_weights
 
-SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 #: artifact-section fields that name config entries, and the kind of entry each names
 EMBEDDED_SOURCES = tuple(f"embedded:{name}" for name in EMBEDDED)
 REFERENCES = {
@@ -49,7 +49,10 @@ def _schema() -> dict:
 
 
 def check_yaml(path: str | Path) -> None:
-    """A :class:`ConfigError` naming the line and the problem where the file ``path`` is not valid YAML."""
+    """A :class:`ConfigError` naming the line and the problem where the file ``path`` is not valid YAML (a missing
+    file is no YAML problem: whoever reads it says so)."""
+    if not Path(path).is_file():
+        return
     try:
         yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
@@ -78,6 +81,7 @@ def validate(cfg: dict) -> dict:
         check_objective(f"objectives.{name}", objective, cfg)
     _check_names(cfg)
     _check_snapshots(cfg)
+    _check_time_limits(cfg)
     _check_unavailable(cfg)
     _check_distinct_objectives(cfg)
     kid, samples = cfg["evaluation"]["kid_subset_size"], cfg["sampling"]["num_samples"]
@@ -188,6 +192,20 @@ def _check_unavailable(cfg: dict) -> None:
             f"figure2: no {sec['objective']} model of {sec['dataset']} (datasets.{sec['dataset']}."
             f"objectives.{sec['objective']}.unavailable); draw another objective"
         )
+
+
+def _check_time_limits(cfg: dict) -> None:
+    """A training job stops to checkpoint before its time limit, never before its start."""
+    for name, dataset in cfg["datasets"].items():
+        for arch, arch_cfg in cfg["archs"].items():
+            layers = (cfg["train"], dataset.get("train", {}), arch_cfg.get("train", {}))
+            resources = {key: value for layer in layers for key, value in layer.get("resources", {}).items()}
+            margin, limit = resources["stop_before_limit_min"], resources["runtime_min"]
+            if margin >= limit:
+                raise ConfigError(
+                    f"train.resources.stop_before_limit_min: {margin} is not below runtime_min {limit} "
+                    f"(dataset {name}, arch {arch}): every job would stop before its first step"
+                )
 
 
 def _check_snapshots(cfg: dict) -> None:
