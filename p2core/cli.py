@@ -424,6 +424,21 @@ def cmd_prefetch(args) -> None:
         print(f"ready: {path}")
 
 
+def args_cost(parser) -> None:
+    parser.add_argument("--configfile", type=Path, help="the config to plan (default: the workflow's own)")
+    parser.add_argument("--snakefile", type=Path, default=Path("workflow/Snakefile"))
+    parser.add_argument("--tflops", type=float, default=40.0, help="assumed sustained TFLOP/s of one GPU")
+
+
+def cmd_cost(args) -> None:
+    from p2core.pipeline.cost import cost_rows, format_cost, planned_jobs
+
+    if not args.snakefile.is_file():
+        raise P2Error(f"no Snakefile at {args.snakefile}: run from the p2-repro checkout or pass --snakefile")
+    jobs, config = planned_jobs(args.snakefile, args.configfile)
+    print(format_cost(cost_rows(jobs, config, args.tflops), args.tflops))
+
+
 COMMANDS = {
     "prepare": "prepare a dataset into images.npy + meta.json",
     "train": "train or resume a diffusion model",
@@ -440,6 +455,7 @@ COMMANDS = {
     "tex": "the tables as LaTeX (booktabs) and numbers.tex, one macro per number",
     "runs": "one line per training run: step, loss, img/s, ETA, state",
     "prefetch": "download the metric weights and clean-fid's FFHQ statistics (run with internet)",
+    "cost": "a config's planned jobs, GPU-hours and disk per rule, before anything runs",
 }
 
 

@@ -240,8 +240,8 @@ def test_a_run_longer_than_its_time_limit_trains_in_requeued_segments(cluster, b
     """With a 1-minute time limit and `train.resources.stop_before_limit_min: 0.7`, the training job reads its end time
     from SLURM, checkpoints 42 s before it and requeues itself: the same SLURM job runs again and resumes, and no
     Snakemake retry is spent (the profile allows none). The run is sized from this machine's speed (the tiny DAG's
-    training log) to need about 20 s of training, more than one segment's 18 s less start-up; it ends with the weights of an uninterrupted
-    local run."""
+    training log) to need about 20 s of training, more than one segment's 18 s less start-up; it ends with the weights
+    of an uninterrupted local run."""
     target = "results/models/digits/p2/a/seed0/ema.pt"
     rows = (built / "results/models/digits/p2/a/seed0/train.csv").read_text().splitlines()[1:]
     steps_per_s = sum(float(row.split(",")[-1]) for row in rows) / len(rows) / 8  # img/s at batch 8

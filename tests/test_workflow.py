@@ -2,7 +2,10 @@
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +198,26 @@ def test_paper_config_resolves_the_full_dag_before_any_download(tmp_path):
     # sampling fans out: a ddpm250 sample set is 20 shard jobs of 500 images, other samplers' shards carry as much work
     config = validate(yaml.safe_load((ROOT / "config/paper.yaml").read_text()))
     assert counts["sample"] == check_shard_work(result.stdout + result.stderr, config) >= 5 * counts["evaluate"]
+
+    # the planned cost: the same jobs per rule; GPU-hours from the FLOP count at the assumed rate (twice the rate,
+    # half the hours); sample disk is 58 sets of 10,000 uint8 images of 256 x 256 x 3
+    costs = {}
+    for tflops in (40, 80):
+        printed = subprocess.run(
+            [sys.executable, "-m", "p2core", "cost", "--configfile", "config/paper.yaml", "--tflops", str(tflops)],
+            cwd=workdir,
+            env={**os.environ, "PYTHONPATH": str(workdir)},
+            capture_output=True,
+            text=True,
+        )
+        assert printed.returncode == 0, printed.stderr[-2000:]
+        rows = re.findall(r"^(\w+)\s+(\d+)\s+(\S+)\s+(\S+)$", printed.stdout, re.M)
+        costs[tflops] = {rule: (int(jobs), hours, disk) for rule, jobs, hours, disk in rows}
+    assert {rule: jobs for rule, (jobs, _, _) in costs[40].items()} == counts  # with the total
+    for rule in ("train", "sample"):
+        assert float(costs[40][rule][1]) == pytest.approx(2 * float(costs[80][rule][1]), rel=1e-3)
+    assert float(costs[40]["sample"][2]) == pytest.approx(58 * 10_000 * 256 * 256 * 3 / 1e9, abs=0.1)
+    assert costs[40]["evaluate"][1] == "-"
 
 
 def test_config_train_section_is_exactly_the_trainspec_fields():
