@@ -5,7 +5,9 @@ Per sample (ADM's hybrid loss, the weight on the eps-MSE term only)::
     loss = w_t * mean_pixels (eps - eps_theta)^2  +  vb_t * T / 1000
     vb_t = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))  in bits/dim for t > 0,  decoder NLL at t = 0
 
-``w_t`` comes from :func:`p2core.weighting.loss_weights` (``1 / (k + SNR)^gamma`` for P2, 1 for the baseline).
+``w_t`` comes from :func:`p2core.weighting.loss_weights` (``1 / (k + SNR)^gamma`` for P2, 1 for the baseline), and
+``t`` from :mod:`p2core.timesteps` (uniform by default; P2 can also be a distribution of ``t`` instead of a weight),
+whose factor ``c_t`` multiplies ``w_t``.
 ``vb`` sees the eps prediction through a stop-gradient, so it trains only the variance channels; the weighting never
 touches it.
 
@@ -21,6 +23,8 @@ import math
 import torch
 
 from p2core.diffusion import PROCESS_SETTINGS, GaussianDiffusion, Model, process_of
+from p2core.timesteps import UNIFORM, timestep_draw
+from p2core.uncertainty import LEARNED_WEIGHTINGS
 from p2core.weighting import loss_weights
 
 
@@ -31,14 +35,39 @@ class Objective:
         process: the forward process (:func:`p2core.diffusion.create_diffusion`).
         weighting: name in :data:`p2core.weighting.WEIGHTINGS` (``"uniform"`` baseline, ``"p2"``, ...).
         weighting_params: its parameters, e.g. ``{"gamma": 1.0, "k": 1.0}`` for P2.
+        timesteps: how ``t`` is drawn (:func:`p2core.timesteps.timestep_draw`): ``"uniform"``, or e.g.
+            ``{"importance": {"weighting": "p2", "weighting_params": {"gamma": 1.0}}}``.
     """
 
-    def __init__(self, process: GaussianDiffusion, weighting: str = "uniform", weighting_params: dict | None = None):
+    def __init__(
+        self,
+        process: GaussianDiffusion,
+        weighting: str = "uniform",
+        weighting_params: dict | None = None,
+        timesteps: str | dict = UNIFORM,
+    ):
         self.process = process
         self.weighting = weighting
         self.weighting_params = dict(weighting_params or {})
-        self.mse_weights = loss_weights(weighting, process.terms.alphas_cumprod, **self.weighting_params)
+        self.timesteps = timestep_draw(timesteps, process.terms.alphas_cumprod)
+        weights = loss_weights(weighting, process.terms.alphas_cumprod, **self.weighting_params)
+        #: the factor on each timestep's eps-MSE, ``w_t * c_t``, shape ``(T,)``
+        self.mse_weights = weights * self.timesteps.correction
         self._weights: dict[torch.device, torch.Tensor] = {}
+        #: the learned weighting's ``u(t)`` (``weighting: learned``), trained with the model; None for a fixed weight
+        trained_part = LEARNED_WEIGHTINGS.get(weighting)
+        self.uncertainty = None if trained_part is None else trained_part(process.terms.alphas_cumprod)
+
+    def trainable(self, device: torch.device) -> list[torch.nn.Parameter]:
+        """The objective's own trained parameters, moved to ``device`` (none for a fixed weighting)."""
+        if self.uncertainty is None:
+            return []
+        self.uncertainty.to(device)
+        return list(self.uncertainty.parameters())
+
+    def draw_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """``batch`` training timesteps, shape ``(batch,)`` long on the CPU, from the objective's draw."""
+        return self.timesteps.sample(batch, generator)
 
     def losses(
         self, model: Model, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
@@ -46,7 +75,8 @@ class Objective:
         """Per-sample hybrid loss terms, each of shape ``(B,)``, for images ``x_start`` (B, C, H, W) in [-1, 1] at
         timesteps ``t`` (B,) long.
 
-        ``mse``: the weighted eps-MSE, ``w_t * mean over C,H,W of (eps - eps_theta)^2``;
+        ``mse``: the weighted eps-MSE, ``w_t * mean over C,H,W of (eps - eps_theta)^2`` (with the learned weighting
+        ``that / e^u(t) + u(t)``);
         ``vb``: the VLB term in bits/dim times ``T / 1000`` (zeros without learned sigma);
         ``loss = mse + vb``. Also ``mse_unweighted`` for logging.
         """
@@ -58,6 +88,9 @@ class Objective:
         eps_pred = model_output[:, :channels]
         mse_unweighted = mean_flat((noise - eps_pred.float()) ** 2)
         mse = self.weight(t) * mse_unweighted
+        if self.uncertainty is not None:  # EDM2: mse / e^u + u, e^u learning the expected loss at t
+            u = self.uncertainty(t)
+            mse = mse * torch.exp(-u) + u
         if process.learn_sigma:
             frozen = torch.cat([eps_pred.detach(), model_output[:, channels:]], dim=1)
             vb = vb_terms_bpd(process, frozen.float(), x_start, x_t, t) * (process.num_timesteps / 1000.0)
@@ -66,7 +99,7 @@ class Objective:
         return {"loss": mse + vb, "mse": mse, "vb": vb, "mse_unweighted": mse_unweighted}
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
-        """``w_t`` per sample, shape ``(B,)`` float32, on ``t``'s device."""
+        """``w_t * c_t`` per sample, shape ``(B,)`` float32, on ``t``'s device."""
         if t.device not in self._weights:
             self._weights[t.device] = torch.as_tensor(self.mse_weights, dtype=torch.float32, device=t.device)
         return self._weights[t.device][t]

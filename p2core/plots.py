@@ -314,6 +314,52 @@ def _fig7(inputs, out, options) -> None:
     figure7(rows, rows["extractor"].iloc[0], out)
 
 
+def learned_weighting(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:
+    """The learned weight ``e^-u(t)`` of each run at its final checkpoint beside P2's (gamma 1, k 1) and the uniform
+    weight, over SNR, each normalised to mean 1 over the timesteps (Figure 3's view of what training multiplies).
+    ``curves``: label -> (alphas_cumprod (T,), learned weight (T,))."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    _shade_stages(ax, label=True, invert=False)
+    for index, (label, (abar, weight)) in enumerate(curves.items()):
+        ax.plot(snr_of(abar), weight / weight.mean(), color=_colour(label, index + 2), label=label)
+    abar = next(iter(curves.values()))[0]
+    for name, params, colour in (("p2", {"gamma": 1.0, "k": 1.0}, COLOURS["p2"]), ("uniform", {}, COLOURS["baseline"])):
+        weight = loss_weights(name, abar, **params)
+        ax.plot(snr_of(abar), weight / weight.mean(), "--", color=colour, label=f"{name} (fixed)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("SNR(t)")
+    ax.set_ylabel("weight on eps-MSE\n(normalised: mean 1 over t)", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.suptitle("Fig. 9: the learned weighting (EDM2) at the end of training, and P2's", fontsize=10)
+    save_figure(fig, path)
+
+
+@register("learned")
+def _learned(inputs, out, options) -> None:
+    curves = {}
+    for label, paths in _labelled(inputs).items():
+        for path in paths:
+            abar, weight = learned_curve(path)
+            curves[label if len(paths) == 1 else f"{label} ({Path(path).parent.name})"] = (abar, weight)
+    learned_weighting(curves, out)
+
+
+def learned_curve(checkpoint: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(alphas_cumprod, e^-u(t))`` of a learned-weighting run's checkpoint (``ema.pt`` or ``checkpoint.pt``)."""
+    from p2core.checkpoint import load_checkpoint, load_weights
+    from p2core.diffusion import process_of
+    from p2core.uncertainty import UncertaintyHead
+
+    state = load_checkpoint(checkpoint)
+    if "uncertainty" not in state:
+        raise P2Error(f"{checkpoint} has no learned weighting (its run's weighting is not 'learned')")
+    abar = process_of(state["spec"]["diffusion"]).terms.alphas_cumprod
+    head = UncertaintyHead(np.log(snr_of(abar)))
+    load_weights(head, state["uncertainty"], checkpoint)
+    return abar, head.weights()
+
+
 @register("samples")
 def _samples(inputs, out, options) -> None:
     grids = {

@@ -174,8 +174,9 @@ class _Run:
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = adamw(self.model.parameters(), spec.lr, spec.weight_decay, device)
-        self.start = _resume(stored, kept, self.resolved, self.model, self.ema, self.optimizer)
+        self.learned = self.objective.trainable(device)  # the learned weighting's u(t), or nothing
+        self.optimizer = adamw([*self.model.parameters(), *self.learned], spec.lr, spec.weight_decay, device)
+        self.start = _resume(stored, kept, self.resolved, self.model, self.ema, self.optimizer, self.objective)
         if ranks.is_main:
             _write_run_file(out_dir, self.resolved, device, ranks, self.channels_last)
             truncate_after(out_dir / LOG_FILE, self.start)
@@ -193,7 +194,7 @@ class _Run:
         """This process's share of step ``step``'s images, timesteps and noise; every draw seeded by (seed, step)."""
         gen = generator(self.spec.seed, "step", step)
         x = self.batches.batch(step, gen)
-        t = torch.randint(self.objective.process.num_timesteps, (self.spec.batch_size,), generator=gen)
+        t = self.objective.draw_timesteps(self.spec.batch_size, gen)
         noise = torch.randn(x.shape, generator=gen)
         torch.manual_seed(derived_seed(self.spec.seed, "step", step))  # dropout
         x, noise = (
@@ -213,6 +214,8 @@ class _Run:
                     losses = self.objective.losses(self.network, x[part], t[part], noise[part])
                 (losses["loss"].sum() / len(t)).backward()
             self.stats.add(losses, t[part])
+        for parameter in self.learned:  # outside the DDP model: averaged over the ranks here
+            parameter.grad = self.ranks.sum(parameter.grad) / self.ranks.world
         self.optimizer.step()
         _update_ema(self.ema, self.model, self.spec.ema_rate, step + 1 if self.spec.ema_bias_correction else None)
 
@@ -236,6 +239,7 @@ class _Run:
                 state_dict=state,
                 step=done,
                 provenance=self.provenance(),
+                **self.objective_state(),
             )
 
     def save_checkpoint(self, done: int) -> None:
@@ -251,7 +255,13 @@ class _Run:
                 optimizer=self.optimizer.state_dict(),
                 step=done,
                 provenance=self.provenance(),
+                **self.objective_state(),
             )
+
+    def objective_state(self) -> dict:
+        """The learned weighting's state (``uncertainty``) where the objective has one; nothing otherwise."""
+        head = self.objective.uncertainty
+        return {} if head is None else {"uncertainty": head.state_dict()}
 
     def provenance(self) -> dict:
         """The provenance record of a file written now, with this run's device and precision."""
@@ -280,7 +290,7 @@ def run_precision(requested: str, stored: dict | None, device: torch.device) -> 
     return resolve_precision(trained, device)
 
 
-def _resume(state: dict | None, path: Path, resolved: dict, model, ema, optimizer) -> int:
+def _resume(state: dict | None, path: Path, resolved: dict, model, ema, optimizer, objective) -> int:
     """Restore the checkpoint ``state`` (read from ``path``), if any; returns the step to continue from (0 for a new
     run). Only the :data:`~p2core.trainspec.LENGTH_SETTINGS` and :data:`~p2core.trainspec.EXECUTION_SETTINGS` may
     differ between a checkpoint and its continuation."""
@@ -298,6 +308,8 @@ def _resume(state: dict | None, path: Path, resolved: dict, model, ema, optimize
         raise CheckpointError(f"{path} is at step {state['step']}, beyond the requested {resolved['steps']} steps")
     load_weights(model, state["model"], path)
     load_weights(ema, state["ema"], path)
+    if objective.uncertainty is not None:
+        load_weights(objective.uncertainty, state["uncertainty"], path)
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
 

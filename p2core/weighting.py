@@ -14,6 +14,7 @@ name              weight on the eps-MSE term, ``w_t``                 source
 ``sigmoid``       ``sigmoid(b - log SNR)``                            Kingma & Gao 2023 (eps form)
 ``soft_min_snr``  ``gamma / (gamma + SNR)``                           Crowson et al. 2024 (k-diffusion), eps form
 ``edm``           ``(1 + 1/(sd^2 SNR)) N(ln s; Pm, Ps) |d ln s/dt|``  Karras et al. 2022 (EDM) under uniform t
+``learned``       ``e^-u(t)``, ``u`` trained with the model            Karras et al. 2024 (EDM2): p2core.uncertainty
 ================  =================================================  =============================================
 
 (``s = SNR^-1/2`` is EDM's noise level ``sigma``, ``sd`` its ``sigma_data``; ``edm`` is scaled to mean 1 over t.)
@@ -48,6 +49,12 @@ def register(name: str) -> Callable[[WeightFn], WeightFn]:
 @register("uniform")
 def uniform(snr: np.ndarray) -> np.ndarray:
     """The baseline: every timestep's eps-MSE counts the same."""
+    return np.ones_like(snr)
+
+
+@register("learned")
+def learned(snr: np.ndarray) -> np.ndarray:
+    """The fixed part of the learned weighting: 1; its ``e^-u(t)`` is trained with the model (EDM2)."""
     return np.ones_like(snr)
 
 

@@ -42,3 +42,14 @@ def test_throughput_takes_each_setting_at_its_median_run_and_compares_the_pipeli
         },
     }
     assert throughput.as_pipeline(report) == {"train": 1.1, "sample_per_evaluation": 1.2}
+
+
+def test_the_timestep_variance_benchmark_measures_both_estimators_on_the_same_model():
+    import timestep_variance
+
+    result = timestep_variance.measure(batches=4, batch_size=2, checkpoint=None)
+    assert set(result["total_gradient_variance"]) == {"weight", "draw"}
+    assert all(value > 0 for value in result["total_gradient_variance"].values())
+    assert result["variance_ratio_draw_over_weight"] > 0
+    norms = result["mean_gradient_norm"]
+    assert norms["weight"] > 0 and norms["draw"] > 0

@@ -40,7 +40,8 @@ def test_every_result_of_the_dag_carries_its_provenance(built):
     ema = torch.load(run / "ema.pt", weights_only=True)["provenance"]
     assert ema["step"]["command"] == "train"
     # the fingerprint that decides the job's reruns (the P2 weighting alone among the weightings), not the command's
-    assert ema["step"]["code_fingerprint"] == steps.fingerprint("train", {steps.WEIGHTINGS: ["p2"]})
+    job = {steps.WEIGHTINGS: ["p2"], steps.TIMESTEPS: ["uniform"], steps.LEARNED: ["p2"]}
+    assert ema["step"]["code_fingerprint"] == steps.fingerprint("train", job)
     assert ema["step"]["code_fingerprint_of"] == "job"
     assert ema["git_commit"] == "unknown"  # the test workspace is no git checkout; recorded, not failed
     assert ema["device"] == "cpu" and ema["precision"] == "fp32" and "torch" in ema["versions"]

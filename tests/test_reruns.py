@@ -244,6 +244,16 @@ def test_a_sampler_edit_plans_only_that_samplers_sample_sets_and_what_follows(bu
     assert shards and job_count(output, "sample") == len(list(built.glob("results/samples/**/dpmpp2m*/shard*.npz")))
 
 
+def test_a_timestep_draw_edit_retrains_only_the_runs_that_draw_with_it(built):
+    """The tiny config's p2_draw runs draw t by importance; every other run draws uniformly."""
+    _, output = planned_after_edit(built, "timesteps", "importance")
+    retrained = set(re.findall(r"output: results/models/digits/(\w+)/\w+/seed\d+/ema\.pt", output))
+    assert retrained == {"p2_draw"}
+    assert job_count(output, "train") == len(list(built.glob("results/models/digits/p2_draw/*/seed*/ema.pt")))
+    rules, output = planned_after_edit(built, "timesteps", "logit_normal")
+    assert "train" not in rules  # no run of the tiny config draws logit-normally
+
+
 def test_a_training_loader_edit_retrains_but_prepares_and_references_nothing(built):
     rules, _ = planned_after_edit(built, "loader", "TrainingBatches")
     assert "train" in rules
@@ -265,6 +275,7 @@ def test_a_plotting_edit_redraws_only_the_figures(built):
         "figure7",
         "sample_figure",
         "training_curves",
+        "learned_weighting_figure",
         "all",
     }
     rules, _ = planned_after_edit(built, "plots", "figure4")

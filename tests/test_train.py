@@ -376,3 +376,28 @@ def test_cli_reports_bad_spec_in_one_line(digits8, tmp_path):
         "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--spec", json.dumps(tiny_spec())
     )
     assert result.returncode == 2 and "not a prepared dataset" in result.stderr
+
+
+LEARNED_SPEC = json.dumps(
+    tiny_spec(
+        steps=150, save_every=7, log_every=7, batch_size=4, diffusion={"num_timesteps": 100, "weighting": "learned"}
+    )
+)
+
+
+def test_the_learned_weighting_resumes_bit_identically_after_sigkill(digits8, tmp_path):
+    """The learned u(t) is in the checkpoint with the model and the optimizer: a run killed mid-way and resumed ends
+    equal to an uninterrupted one, its learned weighting included (and trained: no longer the zero start)."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert train_process(digits8, reference, LEARNED_SPEC).wait(timeout=300) == 0
+    process = train_process(digits8, killed, LEARNED_SPEC)
+    wait_for_progress(killed, 7)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not (killed / "ema.pt").exists(), "finished before the kill"
+    assert train_process(digits8, killed, LEARNED_SPEC).wait(timeout=300) == 0
+    assert_same_run(reference, killed)
+    a, b = (load_checkpoint(run / "checkpoint.pt")["uncertainty"] for run in (reference, killed))
+    assert_same_state(a, b)
+    assert a["linear.weight"].abs().sum() > 0
+    assert torch.equal(load_checkpoint(killed / "ema.pt")["uncertainty"]["linear.bias"], b["linear.bias"])

@@ -23,6 +23,7 @@ from p2core.errors import P2Error
 from p2core.prepare import EMBEDDED
 from p2core.respace import sampler_steps
 from p2core.schedule import make_betas
+from p2core.timesteps import UNIFORM, timestep_draw
 from p2core.weighting import loss_weights
 
 SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
@@ -97,7 +98,8 @@ def artifact_sections(cfg: dict) -> list[tuple[str, dict]]:
 
 
 def check_objective(where: str, objective: dict, cfg: dict) -> None:
-    """Ask p2core whether the objective's schedule and weighting (name and parameters) exist and are valid."""
+    """Ask p2core whether the objective's schedule, weighting and timestep draw (names and parameters) exist and are
+    valid."""
     try:
         betas = make_betas(objective.get("schedule", cfg["schedule"]), cfg["num_timesteps"])
     except ValueError as exc:  # the objective's own schedule, or the top-level one it inherits
@@ -106,6 +108,10 @@ def check_objective(where: str, objective: dict, cfg: dict) -> None:
         loss_weights(objective["weighting"], np.cumprod(1.0 - betas), **objective.get("weighting_params", {}))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    try:
+        timestep_draw(objective.get("timesteps", UNIFORM), np.cumprod(1.0 - betas))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.timesteps: {exc}") from None
 
 
 def _check_references(cfg: dict) -> None:

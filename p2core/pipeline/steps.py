@@ -9,6 +9,8 @@ from p2core.fingerprint import command_fingerprint, command_units
 
 SAMPLERS = "sampling.register"
 WEIGHTINGS = "weighting.register"
+TIMESTEPS = "timesteps.register"
+LEARNED = "uncertainty.register"
 FIGURES = "plots.register"
 TABLES = "tables.register"
 
@@ -16,7 +18,7 @@ TABLES = "tables.register"
 RULES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
     "prepare_dataset": ("prepare", {}),
     "train_domain_features": ("train-features", {}),
-    "train": ("train", {}),  # per job: the objective's weighting
+    "train": ("train", {}),  # per job: the objective's weighting and timestep draw
     "import_model": ("import", {}),
     "sample": ("sample", {}),  # per job: the sampler kind
     "sample_grid": ("grid", {}),
@@ -29,6 +31,7 @@ RULES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
     "figure3": ("figure", {FIGURES: ("fig3",)}),  # per job: the weightings drawn
     "figure4": ("figure", {FIGURES: ("fig4",)}),
     "sample_figure": ("figure", {FIGURES: ("samples",)}),
+    "learned_weighting_figure": ("figure", {FIGURES: ("learned",)}),
     "training_curves": ("figure", {FIGURES: ("curves",)}),
     "figure7": ("figure", {FIGURES: ("fig7",)}),
     "table1": ("table", {TABLES: ("table1",)}),

@@ -15,11 +15,13 @@ from snakemake.settings.types import DeploymentMethod
 from p2core.artifacts import LATEX_TABLES
 from p2core.backends import BACKENDS, CLEAN_FID, TORCH_FIDELITY, reference_extractor
 from p2core.pipeline.config_check import ConfigError, validate
-from p2core.pipeline.steps import SAMPLERS, WEIGHTINGS, fingerprint
+from p2core.pipeline.steps import LEARNED, SAMPLERS, TIMESTEPS, WEIGHTINGS, fingerprint
 from p2core.provenance import FINGERPRINT_VARIABLE
 from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps
+from p2core.timesteps import UNIFORM, describe, draw_name
 from p2core.trainlog import EMA_FILE, LOG_FILE, snapshot_file
 from p2core.trainspec import EXECUTION_SETTINGS
+from p2core.uncertainty import LEARNED_WEIGHTINGS
 
 #: keys of a dataset's objective override that say where the model comes from, not how it diffuses
 MODEL_SOURCE_KEYS = ("checkpoint", "unavailable", "note")
@@ -54,9 +56,15 @@ def code(rule):
 
 
 def train_code(wildcards):
-    """A training run depends on its objective's weighting only, among the weightings."""
-    weighting = objective_cfg(wildcards.dataset, wildcards.objective)["weighting"]
-    return as_setting(fingerprint("train", {WEIGHTINGS: [weighting]}))
+    """A training run depends on its objective's weighting and timestep draw only, among the weightings and draws
+    (and on the weighting an importance draw is made of)."""
+    objective = objective_cfg(wildcards.dataset, wildcards.objective)
+    timesteps = objective.get("timesteps", UNIFORM)
+    weightings = [objective["weighting"]]
+    if not isinstance(timesteps, str):
+        weightings += [params["weighting"] for params in timesteps.values() if params and "weighting" in params]
+    per_job = {WEIGHTINGS: weightings, TIMESTEPS: [draw_name(timesteps)], LEARNED: [objective["weighting"]]}
+    return as_setting(fingerprint("train", per_job))
 
 
 def sample_code(wildcards):
@@ -439,16 +447,22 @@ def figure2_checkpoint(wildcards):
 
 
 def fig3_weightings():
-    """Figure 3 curves: every configured objective on the linear schedule (the figure draws both schedules)."""
+    """Figure 3 curves: the weighting of every configured objective that draws t uniformly (the figure draws both
+    schedules; an objective with another draw spends its loss through the draw, which a weight curve does not show)."""
     curves = {}
     for name, objective in config["objectives"].items():
+        if draw_name(objective.get("timesteps", UNIFORM)) != UNIFORM or objective["weighting"] in LEARNED_WEIGHTINGS:
+            continue  # Figure 9 draws the learned weighting
         curves.setdefault(weighting_label(objective), [objective["weighting"], objective.get("weighting_params", {})])
     return json.dumps(curves, sort_keys=True)
 
 
 def weighting_label(objective):
-    """``p2 gamma=0.5 k=1.0``: an objective's weighting and its parameters."""
-    return objective["weighting"] + "".join(f" {k}={v}" for k, v in objective.get("weighting_params", {}).items())
+    """``p2 gamma=0.5 k=1.0``: an objective's weighting and its parameters, and how it draws t where that is not
+    uniformly (``uniform, t: importance p2 gamma=1.0 k=1.0``)."""
+    label = objective["weighting"] + "".join(f" {k}={v}" for k, v in objective.get("weighting_params", {}).items())
+    timesteps = objective.get("timesteps", UNIFORM)
+    return label if draw_name(timesteps) == UNIFORM else f"{label}, t: {describe(timesteps)}"
 
 
 def summary_inputs():
@@ -464,6 +478,21 @@ def paper_tables():
     return [f"results/{name}.csv" for name in LATEX_TABLES if name in config]
 
 
+def learned_weighting_inputs(wildcards):
+    """Figure 9: the final weights of every Table 5 run whose weighting is learned, per objective (one per seed)."""
+    sec = section("table5")
+    return {
+        objective: [model_path(run_path(sec["dataset"], objective, default_arch(sec), seed)) for seed in table5_seeds()]
+        for objective in sec.get("objectives", [])
+        if available(sec["dataset"], objective)
+        and objective_cfg(sec["dataset"], objective)["weighting"] in LEARNED_WEIGHTINGS
+    }
+
+
+def table5_seeds():
+    return section("table5").get("seeds", config["seeds"])
+
+
 def all_artifacts():
     targets = ["results/table1.csv", "results/table2.csv", "results/figures/fig3_weights.png", "results/summary.md"]
     if "table3" in config:
@@ -472,6 +501,8 @@ def all_artifacts():
         targets += ["results/table4.csv", "results/figures/fig7_fid_vs_steps.png"]
     if "table5" in config:
         targets.append("results/table5.csv")
+        if learned_weighting_inputs(None):
+            targets.append("results/figures/fig9_learned_weighting.png")
     if "figure1" in config:
         targets += [f"results/figures/fig1_{d}.png" for d in config["figure1"]["datasets"]]
     if "figure2" in config:

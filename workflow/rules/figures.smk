@@ -127,6 +127,34 @@ rule sample_figure:
         "{params.code} {resources.python} -m p2core figure samples {params.panels} --title {params.title:q} --out {output} > {log} 2>&1"
 
 
+rule learned_weighting_figure:
+    """Figure 9 (beyond the paper): the weight each learned-weighting run of Table 5 arrived at, beside P2's."""
+    input:
+        unpack(learned_weighting_inputs),
+    output:
+        report(
+            "results/figures/fig9_learned_weighting.png",
+            caption="../report/fig9.rst",
+            category="Figures",
+            labels={"figure": "9"},
+        ),
+    log:
+        "logs/learned_weighting_figure/fig9.log",
+    benchmark:
+        "benchmarks/jobs/learned_weighting_figure/fig9.tsv"
+    conda:
+        "../envs/p2.yaml"
+    resources:
+        python=PYTHON,
+    params:
+        runs=lambda w, input: " ".join(
+            shlex.quote(f"{label}={path}") for label, paths in input.items() for path in paths
+        ),
+        code=code("learned_weighting_figure"),
+    shell:
+        "{params.code} {resources.python} -m p2core figure learned {params.runs} --out {output} > {log} 2>&1"
+
+
 rule readme_picture:
     """The README's picture (committed, so a clone shows it before any run): a copy of a sample figure under
     docs/img/. Not part of `all`; redraw it from your own run by naming it as the target."""
