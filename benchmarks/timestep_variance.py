@@ -6,11 +6,11 @@ object.
 Both estimators have the same expected eps-MSE gradient (``p2core.timesteps``): a uniform draw of t with the weight
 ``w_t`` (``weighting: p2``), and the draw ``p(t) = w_t / sum(w)`` with the factor ``mean(w)`` (``timesteps:
 {importance: {weighting: p2}}``). For ``--batches`` batches of the embedded digits at 8 px (images, noise and t drawn
-anew for each batch, the same images and noise for both estimators), the gradient of each estimator's loss with
-respect to every parameter of the embedded default's UNet (learned sigma off: the loss is the eps-MSE alone), at a
-fresh initialisation or at ``--checkpoint``'s EMA weights. Printed: each estimator's total variance (the sum over
-parameters of the per-parameter variance between batches), their ratio, and the distance between their mean
-gradients in units of its standard error (about 1 when the means agree).
+anew for each batch, the same images and noise for both estimators): the gradient of each estimator's eps-MSE term
+(the term they share in expectation) with respect to every parameter of the embedded default's UNet, at a fresh
+initialisation (learned sigma off) or at ``--checkpoint``'s EMA weights and flags. Printed: each estimator's total
+variance (the sum over parameters of the per-parameter variance between batches), their ratio, and the distance
+between their mean gradients in units of its standard error (about 1 when the means agree).
 """
 
 from __future__ import annotations
@@ -40,21 +40,24 @@ ESTIMATORS = {
 
 
 def gradient(model, objective: Objective, x, t, noise) -> torch.Tensor:
-    """The flattened gradient of the batch's mean loss, shape (parameters,)."""
+    """The flattened gradient of the batch's mean eps-MSE term, shape (parameters,)."""
     model.zero_grad(set_to_none=True)
-    objective.losses(model, x, t, noise)["loss"].mean().backward()
+    objective.losses(model, x, t, noise)["mse"].mean().backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
 
 
 def measure(batches: int, batch_size: int, checkpoint: str | None, seed: int = 0) -> dict:
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    process = create_diffusion(config["schedule"], config["num_timesteps"], learn_sigma=False)
+    flags = {"image_size": 8, "in_channels": 1, "learn_sigma": False, **config["archs"]["a"]["model"]}
+    if checkpoint:
+        stored = torch.load(checkpoint, weights_only=True)
+        flags = stored["spec"]["model"]
+    process = create_diffusion(config["schedule"], config["num_timesteps"], learn_sigma=flags["learn_sigma"])
     objectives = {name: Objective(process, **settings) for name, settings in ESTIMATORS.items()}
     torch.manual_seed(seed)
-    model = create_model(image_size=8, in_channels=1, learn_sigma=False, **config["archs"]["a"]["model"])
+    model = create_model(**flags)
     if checkpoint:
-        state = torch.load(checkpoint, weights_only=True)["state_dict"]
-        model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=False)
+        model.load_state_dict(stored["state_dict"])
     images = torch.as_tensor(digits(8)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     generator = torch.Generator().manual_seed(seed)
     sums = {name: None for name in ESTIMATORS}

@@ -112,9 +112,9 @@ def table4(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def table5(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Table 5, the weighting study: FID and KID per objective (one weighting each) on one dataset, arch and sampler,
-    with the difference to the baseline (``fid_diff``, ...) and to P2 (``fid_diff_vs_p2``, ...) and their 95%
-    intervals, and the ``weighting`` each objective trains with, best FID first."""
+    """Table 5, the weighting study: FID and KID per objective (one weighting or timestep draw each) on one dataset,
+    arch and sampler, with the difference to the baseline (``fid_diff``, ...) and to P2 (``fid_diff_vs_p2``, ...) and
+    their 95% intervals, and the ``weighting`` each objective trains with (and its draw of t), best FID first."""
     out = _summary(metrics, ["dataset", "objective"])
     if "weighting" in metrics:
         out.insert(2, "weighting", metrics.groupby(["dataset", "objective"], sort=False)["weighting"].first().values)
