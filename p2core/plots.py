@@ -349,13 +349,14 @@ def learned_curve(checkpoint: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``(alphas_cumprod, e^-u(t))`` of a learned-weighting run's checkpoint (``ema.pt`` or ``checkpoint.pt``)."""
     from p2core.checkpoint import load_checkpoint, load_weights
     from p2core.diffusion import process_of
-    from p2core.uncertainty import UncertaintyHead
+    from p2core.uncertainty import LEARNED_WEIGHTINGS
 
     state = load_checkpoint(checkpoint)
-    if "uncertainty" not in state:
+    diffusion = state["spec"]["diffusion"]
+    if "uncertainty" not in state or diffusion.get("weighting") not in LEARNED_WEIGHTINGS:
         raise P2Error(f"{checkpoint} has no learned weighting (its run's weighting is not 'learned')")
-    abar = process_of(state["spec"]["diffusion"]).terms.alphas_cumprod
-    head = UncertaintyHead(np.log(snr_of(abar)))
+    abar = process_of(diffusion).terms.alphas_cumprod
+    head = LEARNED_WEIGHTINGS[diffusion["weighting"]](abar)
     load_weights(head, state["uncertainty"], checkpoint)
     return abar, head.weights()
 

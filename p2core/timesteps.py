@@ -135,6 +135,12 @@ def describe(setting: str | dict) -> str:
     return " ".join(words)
 
 
+def draw_weightings(setting: str | dict) -> list[str]:
+    """The weightings of :mod:`p2core.weighting` a ``timesteps`` setting draws by (``importance``'s), in order."""
+    params = {} if isinstance(setting, str) else next(iter(setting.values())) or {}
+    return [params["weighting"]] if "weighting" in params else []
+
+
 def draw_name(setting: str | dict) -> str:
     """The registry name of a ``timesteps`` setting."""
     if isinstance(setting, str):

@@ -9,7 +9,7 @@ from conftest import TINY_MODEL
 from p2core.diffusion import create_diffusion
 from p2core.objective import Objective
 from p2core.schedule import make_betas
-from p2core.timesteps import describe, timestep_draw
+from p2core.timesteps import describe, draw_weightings, timestep_draw
 from p2core.unet import create_model
 from p2core.weighting import loss_weights
 
@@ -90,3 +90,8 @@ def test_a_draw_is_described_in_words():
     assert describe(P2_DRAW) == "importance p2 gamma=1.0 k=1.0"
     assert describe({"logit_normal": {"mean": 0.0, "std": 1.0}}) == "logit_normal mean=0.0 std=1.0"
     assert describe("uniform") == "uniform"
+
+
+def test_the_weightings_a_draw_is_made_of_are_named():
+    assert draw_weightings(P2_DRAW) == ["p2"]
+    assert draw_weightings({"logit_normal": {"mean": 0.0, "std": 1.0}}) == draw_weightings("uniform") == []

@@ -6,7 +6,8 @@ with ``torch.utils.flop_counter`` on the meta device: no weights, no data), thre
 one per model evaluation of a sampler, at an assumed sustained rate (``tflops``; measure yours with
 ``benchmarks/throughput.py``). Evaluation and reference jobs (Inception over the images, minutes each) and the tables
 and figures are not estimated. Disk: uint8 sample shards; fp32 ``checkpoint.pt`` (model, EMA, Adam's two moments),
-``ema.pt`` and the snapshots of every training run.
+``ema.pt`` and the snapshots of every training run. Images have one channel for an embedded dataset (the digits) and
+three for an image folder (prepared as RGB).
 """
 
 from __future__ import annotations

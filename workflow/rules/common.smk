@@ -18,7 +18,7 @@ from p2core.pipeline.config_check import ConfigError, validate
 from p2core.pipeline.steps import LEARNED, SAMPLERS, TIMESTEPS, WEIGHTINGS, fingerprint
 from p2core.provenance import FINGERPRINT_VARIABLE
 from p2core.respace import SAMPLER_PATTERN, parse_sampler, sampler_steps
-from p2core.timesteps import UNIFORM, describe, draw_name
+from p2core.timesteps import UNIFORM, describe, draw_name, draw_weightings
 from p2core.trainlog import EMA_FILE, LOG_FILE, snapshot_file
 from p2core.trainspec import EXECUTION_SETTINGS
 from p2core.uncertainty import LEARNED_WEIGHTINGS
@@ -60,9 +60,7 @@ def train_code(wildcards):
     (and on the weighting an importance draw is made of)."""
     objective = objective_cfg(wildcards.dataset, wildcards.objective)
     timesteps = objective.get("timesteps", UNIFORM)
-    weightings = [objective["weighting"]]
-    if not isinstance(timesteps, str):
-        weightings += [params["weighting"] for params in timesteps.values() if params and "weighting" in params]
+    weightings = [objective["weighting"], *draw_weightings(timesteps)]
     per_job = {WEIGHTINGS: weightings, TIMESTEPS: [draw_name(timesteps)], LEARNED: [objective["weighting"]]}
     return as_setting(fingerprint("train", per_job))
 
@@ -482,15 +480,14 @@ def learned_weighting_inputs(wildcards):
     """Figure 9: the final weights of every Table 5 run whose weighting is learned, per objective (one per seed)."""
     sec = section("table5")
     return {
-        objective: [model_path(run_path(sec["dataset"], objective, default_arch(sec), seed)) for seed in table5_seeds()]
+        objective: [
+            model_path(run_path(sec["dataset"], objective, default_arch(sec), seed))
+            for seed in sec.get("seeds", config["seeds"])
+        ]
         for objective in sec.get("objectives", [])
         if available(sec["dataset"], objective)
         and objective_cfg(sec["dataset"], objective)["weighting"] in LEARNED_WEIGHTINGS
     }
-
-
-def table5_seeds():
-    return section("table5").get("seeds", config["seeds"])
 
 
 def all_artifacts():
